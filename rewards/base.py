@@ -1,0 +1,166 @@
+"""Reward plugin interface: typed results, the :class:`Reward` protocol and one explicit registry.
+
+A reward is any object with a ``name`` and ``__call__(task, episode) -> RewardResult``. Rewards
+grade model output, so **bad output (empty, unparseable, huge, garbage text) is a score with a
+reason, never an exception**; a malformed *task* (e.g. a cryptogram without its coded message) is a
+configuration error and raises ``ValueError``.
+
+Built-in rewards register themselves with :func:`register_reward` when ``rewards`` is imported.
+A user's own reward needs no registration: :func:`build_reward` also accepts a dotted path
+``"package.module:ClassOrFactory"``, called with the spec's kwargs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+from rollout.types import Episode, Task
+
+DEFAULT_MAX_CHARS = 50_000
+"""Outputs longer than this are scored 0 ("output too long") by the text rewards."""
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """One reward's verdict on one episode.
+
+    ``components`` maps every named part to its unweighted score (a leaf reward reports at least
+    ``{name: score}``; a composite reports all its children's). ``reason`` says why the score is
+    zero or partial because of the output (e.g. "no <answer> block"); empty for a full score.
+    """
+
+    score: float
+    components: Mapping[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.score):
+            raise ValueError(f"RewardResult.score: must be finite, got {self.score}")
+        object.__setattr__(self, "components", dict(self.components))
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """A named, pure function of (task, episode). Must not raise on bad model output."""
+
+    name: str
+
+    def __call__(self, task: Task, episode: Episode) -> RewardResult: ...
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """Which reward to build: a registered ``name`` or a dotted path ``"pkg.mod:Factory"``.
+
+    ``weight`` is used only when the spec is a term of a weighted composite.
+    """
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+
+
+RewardFactory = Callable[..., Reward]
+_REGISTRY: dict[str, RewardFactory] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
+    """Decorator: register a reward class/factory under ``name`` (unique)."""
+
+    def deco(factory: RewardFactory) -> RewardFactory:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"register_reward: {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def registered_rewards() -> tuple[str, ...]:
+    """Names of all registered rewards, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def as_spec(spec: RewardSpec | Mapping[str, Any] | str) -> RewardSpec:
+    """Coerce a spec given as a name, a mapping ``{name, kwargs?, weight?}`` or a RewardSpec."""
+    if isinstance(spec, RewardSpec):
+        return spec
+    if isinstance(spec, str):
+        return RewardSpec(name=spec)
+    if isinstance(spec, Mapping) and "name" in spec:
+        unknown = set(spec) - {"name", "kwargs", "weight"}
+        if unknown:
+            raise ValueError(f"reward spec: unknown keys {sorted(unknown)} in {dict(spec)}")
+        return RewardSpec(spec["name"], dict(spec.get("kwargs", {})), float(spec.get("weight", 1.0)))
+    raise ValueError(f"reward spec: expected a name, a RewardSpec or a mapping with 'name', got {spec!r}")
+
+
+def _load_dotted(path: str) -> RewardFactory:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"reward spec: dotted path must look like 'package.module:Name', got {path!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"reward spec: cannot import module {module_name!r} ({e})") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"reward spec: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_reward(spec: RewardSpec | Mapping[str, Any] | str) -> Reward:
+    """Instantiate the reward a spec names (registered name or ``"pkg.mod:Factory"`` path)."""
+    spec = as_spec(spec)
+    if ":" in spec.name:
+        factory = _load_dotted(spec.name)
+    elif spec.name in _REGISTRY:
+        factory = _REGISTRY[spec.name]
+    else:
+        raise ValueError(
+            f"unknown reward {spec.name!r}; known rewards: {', '.join(registered_rewards())} "
+            "(or give a dotted path 'package.module:ClassOrFactory')"
+        )
+    reward = factory(**spec.kwargs)
+    if not isinstance(reward, Reward) or not isinstance(getattr(reward, "name", None), str):
+        raise ValueError(f"reward spec {spec.name!r}: built {reward!r}, which has no str `name` / __call__")
+    return reward
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def leaf(name: str, score: float, reason: str = "", **extra: float) -> RewardResult:
+    """Result of a leaf reward: components ``{name: score}`` plus ``{name}/{key}`` diagnostics."""
+    components = {name: float(score)} | {f"{name}/{k}": float(v) for k, v in extra.items()}
+    return RewardResult(float(score), components, reason)
+
+
+def zero(name: str, reason: str) -> RewardResult:
+    """Score 0 with a reason (bad or missing output)."""
+    return leaf(name, 0.0, reason)
+
+
+def clean_text(text: object, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str, str]:
+    """Return ``(text, problem)``: the output made safe to process, or a non-empty problem.
+
+    Lone surrogates (from bytes decoded with ``surrogateescape``) and NULs are replaced, so regexes,
+    rapidfuzz and tokenizers never see text they reject.
+    """
+    if not isinstance(text, str):
+        return "", f"output is not text ({type(text).__name__})"
+    if len(text) > max_chars:
+        return "", f"output too long ({len(text)} chars > {max_chars})"
+    text = text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    if not text.strip():
+        return "", "empty output"
+    return text, ""
+
+
+def final_text(episode: Episode) -> object:
+    """Text of the episode's last turn (what single-turn format/parse rewards grade), or ""."""
+    return episode.turns[-1].text if episode.turns else ""
