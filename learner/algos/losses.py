@@ -181,10 +181,12 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy ``H = -sum_v p_v log p_v`` of the softmax over the last dim; (..., V) -> (...).
 
-    Computed as ``logsumexp(z) - sum_v softmax(z)_v z_v`` in at least float32 (verl
-    ``entropy_from_logits``): no log of a zero probability, no overflow for large logits.
+    Computed as ``logsumexp(z) - sum_v softmax(z)_v z_v`` (verl ``entropy_from_logits``) in at
+    least float32, after shifting z by its max (H is shift-invariant): no log of a zero
+    probability, no overflow, and no cancellation between two large numbers for large logits.
     """
     z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    z = z - z.amax(dim=-1, keepdim=True).detach()
     return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
 
 
