@@ -18,6 +18,7 @@ from learner.algos import (
     gae,
     get_estimator,
     grpo_advantage,
+    group_index,
     group_normalized_scores,
     masked_whiten,
     place_at_last_token,
@@ -161,6 +162,17 @@ def test_place_at_last_token():
 
 
 # ---------------------------------------------------------------- group methods
+
+
+def test_group_index_by_hand():
+    # sorted unique ids a < b < c -> b=1, a=0, c=2; three groups; works for ints and empty input
+    idx, n = group_index(["b", "a", "b", "c"])
+    assert idx.tolist() == [1, 0, 1, 2] and n == 3
+    idx, n = group_index(torch.tensor([7, 3, 7]))
+    assert idx.tolist() == [1, 0, 1] and n == 2
+    assert group_index([])[1] == 0
+    with pytest.raises(ValueError, match="one-dimensional"):
+        group_index([[1, 2]])
 
 
 def test_grpo_by_hand():

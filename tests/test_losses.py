@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,6 +193,9 @@ def test_explained_variance_by_hand():
     # -> 1 - (2/9) / (2/3) = 2/3
     _close(explained_variance(t([[1.0, 2, 2, 9]]), t([[1.0, 2, 3, -9]]), t([[1, 1, 1, 0]])), 2 / 3)
     assert torch.isnan(explained_variance(t([[0.0, 1]]), t([[1.0, 1]]), t([[1, 1]])))
+    v, r, m = _rand(0, 3, 5), _rand(1, 3, 5), _rand_mask(2, 3, 5)
+    want = 1 - np.var((r - v)[m].numpy()) / np.var(r[m].numpy())
+    _close(explained_variance(v, r, m), want, 1e-12)
 
 
 # ---------------------------------------------------------------- entropy, log-probs, KL

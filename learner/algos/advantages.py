@@ -58,8 +58,8 @@ def place_at_last_token(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     m = mask.bool()
     T = m.shape[1]
     last = T - 1 - torch.flip(m, dims=[1]).to(torch.int64).argmax(dim=1)
-    out = torch.zeros(m.shape, dtype=_work_dtype(scores), device=scores.device)
-    out[torch.arange(m.shape[0]), last] = scores.to(out.dtype)
+    out = torch.zeros(m.shape, dtype=_work_dtype(scores), device=m.device)
+    out[torch.arange(m.shape[0], device=m.device), last] = scores.to(out.dtype)
     return out * m
 
 

@@ -160,7 +160,7 @@ def value_loss(
     """
     err = (values - returns) ** 2
     if clip_eps is None:
-        return ValueLoss(0.5 * agg_loss(err, mask, agg), torch.zeros((), dtype=values.dtype))
+        return ValueLoss(0.5 * agg_loss(err, mask, agg), torch.zeros((), dtype=values.dtype, device=values.device))
     v_clip = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     err_clip = (v_clip - returns) ** 2
     loss = 0.5 * agg_loss(torch.maximum(err, err_clip), mask, agg)

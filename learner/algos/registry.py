@@ -48,7 +48,7 @@ class AdvantageInputs:
     """(B, T) critic values V(s_t) (needed by "gae")."""
     next_values: torch.Tensor | None = None
     """(B,) V after the last valid step for truncated episodes (GAE bootstrap); None = 0."""
-    group_ids: object | None = None
+    group_ids: adv.GroupIds | None = None
     """(B,) group of each row (list, numpy array or int tensor; any hashable ids)."""
 
     def __post_init__(self) -> None:
@@ -69,12 +69,12 @@ class AdvantageInputs:
         """(B,) scores, zeros if absent."""
         if self.scores is not None:
             return self.scores
-        return torch.zeros(self.mask.shape[0], dtype=self.token_rewards.dtype)
+        return torch.zeros(self.mask.shape[0], dtype=self.token_rewards.dtype, device=self.mask.device)
 
     def dense(self) -> torch.Tensor:
         """(B, T) token_rewards on valid steps, zeros if absent."""
         if self.token_rewards is None:
-            return torch.zeros(self.mask.shape, dtype=self.outcome().dtype)
+            return torch.zeros(self.mask.shape, dtype=self.outcome().dtype, device=self.mask.device)
         return self.token_rewards * self.mask.to(self.token_rewards.dtype)
 
     def step_rewards(self) -> torch.Tensor:
@@ -85,7 +85,7 @@ class AdvantageInputs:
         """(B,) total reward per sequence: score + sum of dense rewards (verl sums token rewards)."""
         return self.outcome() + self.dense().sum(-1).to(self.outcome().dtype)
 
-    def groups(self) -> object:
+    def groups(self) -> adv.GroupIds:
         if self.group_ids is None:
             raise ValueError("this advantage estimator needs group_ids (B,)")
         return self.group_ids
