@@ -79,7 +79,9 @@ class CryptogramConfig:
             raise ValueError(f"CryptogramConfig.image_size: too small, got {self.image_size}")
 
 
-EASY = CryptogramConfig(max_words=1, max_word_len=4, key_letters=6, shuffle_key=False, image_size=(256, 256))
+EASY = CryptogramConfig(
+    max_words=1, max_word_len=4, key_letters=6, shuffle_key=False, image_size=(256, 256)
+)
 """A variant a tiny model can learn: one 3-4 letter word, at most 6 pairs, sorted, big glyphs."""
 
 
@@ -114,7 +116,9 @@ def sample_message(rng: np.random.Generator, config: CryptogramConfig) -> str:
     return " ".join(pool[int(i)] for i in rng.integers(0, len(pool), size=n_words))
 
 
-def key_pairs(plain: str, key: str, rng: np.random.Generator, config: CryptogramConfig) -> list[tuple[str, str]]:
+def key_pairs(
+    plain: str, key: str, rng: np.random.Generator, config: CryptogramConfig
+) -> list[tuple[str, str]]:
     """The (coded, plain) pairs the image shows: the message's letters plus distractors."""
     to_coded = {p: c for c, p in zip(ALPHABET, key)}
     needed = sorted({to_coded[ch] for ch in plain if ch != " "})
@@ -135,7 +139,7 @@ def grid_shape(n: int) -> tuple[int, int]:
 
 @lru_cache(maxsize=64)
 def fitting_font_size(cell_w: int, cell_h: int) -> int:
-    """Largest font size whose widest pair text ("w -> m") fits 90% of a cell's width and 60% of its height."""
+    """Largest font size at which the pair text "w -> m" fits 90% of a cell's width, 60% of its height."""
     size = max(6, int(cell_h * 0.6))
     while size > 6:
         left, top, right, bottom = ImageFont.load_default(size=size).getbbox("w" + ARROW + "m")

@@ -20,6 +20,9 @@ Formats (field names as the data sets ship them):
   ``{id (image id), qas: [{qa_id, image_id, question, answer, ...}]}``; images at
   ``VG_100K/{image_id}.jpg`` or ``VG_100K_2/{image_id}.jpg``.
 
+Every loader takes ``limit``: the number of rows considered (records, or QA pairs for Visual
+Genome), valid or not, counted from the start of the file.
+
 Format-level reasons added to the common ones: ``"invalid JSON line"``, ``"record not an object"``,
 ``"image file not found"``, ``"answer index not an integer"``, ``"answer index out of range"``,
 ``"choices: not a list of strings"``, ``"invalid label"``, ``"missing hypothesis"``,
@@ -119,7 +122,9 @@ def _string_metadata(record: dict[str, Any], keys: Iterable[str]) -> dict[str, s
 
 # --- ScienceQA --------------------------------------------------------------------------------
 
-SCIENCEQA_METADATA = ("hint", "lecture", "solution", "split", "subject", "topic", "category", "grade", "skill")
+SCIENCEQA_METADATA = (
+    "hint", "lecture", "solution", "split", "subject", "topic", "category", "grade", "skill"
+)
 
 
 def _scienceqa_records(doc: Any) -> Iterator[tuple[int, str, Any]]:
@@ -129,7 +134,8 @@ def _scienceqa_records(doc: Any) -> Iterator[tuple[int, str, Any]]:
     elif isinstance(doc, list):
         items = ((str(r.get("pid", i)) if isinstance(r, dict) else str(i), r) for i, r in enumerate(doc))
     else:
-        raise TaskDataError(f"ScienceQA: expected a JSON object or list of problems, got {type(doc).__name__}")
+        kind = type(doc).__name__
+        raise TaskDataError(f"ScienceQA: expected a JSON object or list of problems, got {kind}")
     for index, (pid, record) in enumerate(items):
         yield index, pid, record
 
@@ -227,9 +233,9 @@ def snli_ve_row(index: int, record: Any, images: ImageFolder) -> Row:
     metadata = {"hypothesis": hypothesis.strip(), "image_id": image_id}
     if isinstance(record.get("sentence1"), str):
         metadata["premise"] = record["sentence1"]
-    return {"task_id": f"snli_ve/{record.get('pairID') or index}", "question": snli_ve_prompt(hypothesis.strip()),
-            "answer": label, "image": image, "choices": list(SNLI_VE_LABELS), "source": "snli_ve",
-            "metadata": metadata}
+    return {"task_id": f"snli_ve/{record.get('pairID') or index}",
+            "question": snli_ve_prompt(hypothesis.strip()), "answer": label, "image": image,
+            "choices": list(SNLI_VE_LABELS), "source": "snli_ve", "metadata": metadata}
 
 
 def load_snli_ve(

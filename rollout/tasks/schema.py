@@ -44,7 +44,7 @@ TASK_SCHEMA = pa.schema(
         pa.field("question", pa.string(), nullable=False),
         pa.field("answer", pa.string(), nullable=False),
         pa.field("image", pa.binary()),
-        pa.field("choices", pa.list_(pa.string())),
+        pa.field("choices", pa.list_(pa.field("element", pa.string()))),  # Parquet's list naming
         pa.field("source", pa.string()),
         pa.field("metadata", pa.map_(pa.string(), pa.string())),
     ],

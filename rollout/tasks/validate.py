@@ -12,7 +12,8 @@ Row reasons produced here (format loaders add their own, e.g. "image file not fo
 - ``"missing question"``: null, not a string, or only whitespace
 - ``"missing answer"``: null, not a string, or only whitespace
 - ``"choices: not a list of strings"`` / ``"duplicate choices"`` / ``"answer not among choices"``
-- ``"metadata: not a string map"``: keys or values that are not strings (or null)
+- ``"metadata: not a string map"``: keys or values that are not strings (or null);
+  the Parquet reader also reports ``"metadata: duplicate key"`` for a map with a repeated key
 - ``"image: not bytes"`` / ``"undecodable image"``: bytes Pillow cannot fully decode
 - ``"duplicate task_id"``: the id of a row already accepted (the first valid row wins)
 """
