@@ -148,17 +148,28 @@ def zero(name: str, reason: str) -> RewardResult:
 def clean_text(text: object, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str, str]:
     """Return ``(text, problem)``: the output made safe to process, or a non-empty problem.
 
-    Lone surrogates (from bytes decoded with ``surrogateescape``) and NULs are replaced, so regexes,
-    rapidfuzz and tokenizers never see text they reject.
+    Problems: not a str, longer than ``max_chars``, blank, or mostly undecodable (more than half
+    of it lone surrogates, U+FFFD or control characters, i.e. bytes that were never text). A few
+    such characters (a token cut mid-UTF-8 at the length limit) are repaired, not rejected: lone
+    surrogates become "?" and NULs U+FFFD, so regexes, rapidfuzz and tokenizers accept the text.
     """
     if not isinstance(text, str):
         return "", f"output is not text ({type(text).__name__})"
     if len(text) > max_chars:
         return "", f"output too long ({len(text)} chars > {max_chars})"
+    bad = sum(1 for c in text if _is_garbage(c))
+    if bad * 2 > len(text):
+        return "", f"output is mostly undecodable ({bad} of {len(text)} chars)"
     text = text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
     if not text.strip():
         return "", "empty output"
     return text, ""
+
+
+def _is_garbage(c: str) -> bool:
+    """Lone surrogate, replacement character, or a control character other than tab/newline/CR."""
+    o = ord(c)
+    return 0xD800 <= o <= 0xDFFF or o == 0xFFFD or (o < 32 and c not in "\t\n\r") or o == 0x7F
 
 
 def final_text(episode: Episode) -> object:

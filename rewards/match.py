@@ -74,7 +74,9 @@ class FormatReward:
     reward can be configured from YAML/JSON.
     """
 
-    pattern: str = r"<think>.*?</think>\s*<answer>.*?</answer>"
+    pattern: str = r"<think>(?:(?!</think>).)*</think>\s*<answer>(?:(?!</answer>).)*</answer>"
+    """Default: one think block, then one answer block. Tempered tokens, not ``.*?``: the lazy form
+    backtracks quadratically on long near-miss outputs (0.7 s at 50k chars)."""
     name: str = "format"
     full_match: bool = True
     flags: str = "s"

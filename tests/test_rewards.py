@@ -35,8 +35,8 @@ class ShoutReward:
     bonus: float = 1.0
 
     def __call__(self, task: Task, episode: Episode) -> RewardResult:
-        ok = episode.answer.isupper()
-        return RewardResult(self.bonus if ok else 0.0, {self.name: self.bonus if ok else 0.0}, "" if ok else "not shouting")
+        score = self.bonus if episode.answer.isupper() else 0.0
+        return RewardResult(score, {self.name: score}, "" if score else "not shouting")
 
 
 def make_shout(bonus: float = 2.0) -> ShoutReward:
@@ -136,6 +136,7 @@ def test_format_full_match_vs_search():
     text = "<think>x\ny</think>\n<answer>cat</answer>"
     assert full(TASK, make_episode(text)).score == 1.0
     assert full(TASK, make_episode("hi " + text)).score == 0.0
+    assert full(TASK, make_episode("<think>a</think><think>b</think><answer>x</answer>")).score == 0.0
     search = build_reward({"name": "format", "kwargs": {"full_match": False}})
     assert search(TASK, make_episode("hi " + text)).score == 1.0
     assert "does not contain" in search(TASK, make_episode("<answer>cat</answer>")).reason
@@ -177,14 +178,16 @@ def test_weighted_sum_keeps_components_and_reasons():
         "length_penalty": -0.5,
         "length_penalty/length": 3.0,
     }
-    assert res.reason.startswith("format: output does not match") and "; length_penalty: output too long (3 tokens" in res.reason
+    assert res.reason.startswith("format: output does not match")
+    assert "; length_penalty: output too long (3 tokens > budget 1)" in res.reason
 
 
 def test_weighted_sum_rejects_duplicate_names_and_nests():
     with pytest.raises(ValueError, match="duplicate child names"):
         build_reward({"name": "weighted_sum", "kwargs": {"terms": ["format", "format"]}})
     inner = {"name": "weighted_sum", "kwargs": {"name": "inner", "terms": ["exact_match"]}}
-    outer = build_reward({"name": "weighted_sum", "kwargs": {"terms": [inner, {"name": "exact_match", "weight": 3}]}})
+    terms = [inner, {"name": "exact_match", "weight": 3}]
+    outer = build_reward({"name": "weighted_sum", "kwargs": {"terms": terms}})
     res = outer(TASK, make_episode(answer="cat"))
     assert res.score == 4.0
     assert res.components == {"exact_match": 1.0, "exact_match/exact_match": 1.0}
@@ -205,7 +208,8 @@ GARBAGE = [
     "<think>unterminated <chars> c a",
     "(((((((((((",
 ]
-FAST_REWARDS = [name for name in rewards.registered_rewards() if name not in ("embedding_similarity", "weighted_sum")]
+SLOW_OR_COMPOSITE = ("embedding_similarity", "weighted_sum")
+FAST_REWARDS = [n for n in rewards.registered_rewards() if n not in SLOW_OR_COMPOSITE]
 
 
 @pytest.mark.parametrize("name", FAST_REWARDS)
@@ -223,4 +227,13 @@ def test_clean_text_reasons():
     assert clean_text("") == ("", "empty output")
     assert clean_text(HUGE, 1000)[1] == f"output too long ({len(HUGE)} chars > 1000)"
     assert clean_text(b"abc")[1] == "output is not text (bytes)"
-    assert clean_text("a\udcffb\x00") == ("a?b\ufffd", "")
+    assert clean_text("a\udcffb\x00") == ("a?b\ufffd", "")  # 2 of 4 bad: repaired
+    assert clean_text("a\udcff\x00") == ("", "output is mostly undecodable (2 of 3 chars)")
+    assert clean_text("\t\n ok\r") == ("\t\n ok\r", "")
+
+
+@pytest.mark.parametrize("garbage", GARBAGE, ids=range(len(GARBAGE)))
+def test_composite_of_every_fast_reward_survives_bad_output(garbage):
+    reward = build_reward({"name": "weighted_sum", "kwargs": {"terms": FAST_REWARDS}})
+    res = reward(CRYPTO_TASK, make_episode(garbage, answer=garbage))
+    assert res.score <= 0.0 and set(FAST_REWARDS) <= set(res.components) and res.reason
