@@ -15,7 +15,7 @@ from typing import Iterator
 import easy_vqa
 
 from rollout.tasks.schema import write_tasks
-from rollout.tasks.validate import TaskCollector, TaskLoadResult
+from rollout.tasks.validate import TaskLoadResult, collect_rows
 
 SPLITS = ("train", "test")
 
@@ -59,13 +59,7 @@ def load_easy_vqa(
     split: str = "train", limit: int | None = None, *, check_images: bool = True
 ) -> TaskLoadResult:
     """The first ``limit`` questions (all if None) of ``split`` as tasks, in the package's order."""
-    collector = TaskCollector(check_images=check_images)
-    for index, row in _rows(split, limit):
-        if isinstance(row, str):
-            collector.skip(index, row)
-        else:
-            collector.add(index, row)
-    return collector.result()
+    return collect_rows(_rows(split, limit), check_images=check_images)
 
 
 def convert_easy_vqa(

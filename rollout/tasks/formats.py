@@ -35,7 +35,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from rollout.tasks.validate import TaskCollector, TaskDataError, TaskLoadResult
+from rollout.tasks.validate import TaskDataError, TaskLoadResult, collect_rows
 
 Row = dict[str, Any] | str
 """Task fields for the collector, or the reason the record is malformed."""
@@ -96,18 +96,6 @@ class ImageFolder:
                 self._cache[path] = path.read_bytes()
                 return self._cache[path]
         return None
-
-
-def _collect(rows: Iterator[tuple[int, Row]], limit: int | None, check_images: bool) -> TaskLoadResult:
-    collector = TaskCollector(check_images=check_images)
-    for n, (index, row) in enumerate(rows):
-        if limit is not None and n >= limit:
-            break
-        if isinstance(row, str):
-            collector.skip(index, row)
-        else:
-            collector.add(index, row)
-    return collector.result()
 
 
 def _string_metadata(record: dict[str, Any], keys: Iterable[str]) -> dict[str, str]:
@@ -197,7 +185,7 @@ def load_scienceqa(
             elif split is None or not isinstance(record, dict) or record.get("split") == split:
                 yield index, scienceqa_row(pid, record, images, include_hint)
 
-    return _collect(rows(), limit, check_images)
+    return collect_rows(rows(), limit, check_images=check_images)
 
 
 # --- SNLI-VE ----------------------------------------------------------------------------------
@@ -250,7 +238,7 @@ def load_snli_ve(
         (i, "invalid JSON line" if r is INVALID_LINE else snli_ve_row(i, r, images))
         for i, r in enumerate(records)
     )
-    return _collect(rows, limit, check_images)
+    return collect_rows(rows, limit, check_images=check_images)
 
 
 # --- Visual Genome QA -------------------------------------------------------------------------
@@ -303,4 +291,4 @@ def load_visual_genome(
 ) -> TaskLoadResult:
     """Visual Genome question-answer pairs as free-form VQA tasks (answers normalised, see above)."""
     rows = visual_genome_rows(read_records(qa_path), ImageFolder(images_dir))
-    return _collect(rows, limit, check_images)
+    return collect_rows(rows, limit, check_images=check_images)

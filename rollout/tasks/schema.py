@@ -33,7 +33,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rollout.tasks.validate import TaskCollector, TaskDataError, TaskLoadResult
+from rollout.tasks.validate import TaskDataError, TaskLoadResult, collect_rows
 from rollout.types import Task
 
 SCHEMA_VERSION = "1"
@@ -145,17 +145,12 @@ def read_tasks(
     path = Path(path)
     pf = _open(path)
     columns = _check_schema(path, pf.schema_arrow)
-    collector = TaskCollector(check_images=check_images)
-    index = 0
+    rows = enumerate(
+        _row_fields(row)
+        for batch in pf.iter_batches(batch_size=batch_size, columns=columns)
+        for row in batch.to_pylist()
+    )
     try:
-        for batch in pf.iter_batches(batch_size=batch_size, columns=columns):
-            for row in batch.to_pylist():
-                fields = _row_fields(row)
-                if isinstance(fields, str):
-                    collector.skip(index, fields)
-                else:
-                    collector.add(index, fields)
-                index += 1
+        return collect_rows(rows, check_images=check_images)
     except (OSError, pa.ArrowException) as err:
-        raise TaskDataError(f"cannot read task file {path} (at row {index}): {err}") from err
-    return collector.result()
+        raise TaskDataError(f"cannot read task file {path}: {err}") from err

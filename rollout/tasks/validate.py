@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from PIL import Image, UnidentifiedImageError
 
@@ -156,3 +156,18 @@ class TaskCollector:
 
     def result(self) -> TaskLoadResult:
         return TaskLoadResult(tasks=tuple(self._tasks), skipped_rows=tuple(self._skipped))
+
+
+def collect_rows(
+    rows: Iterable[tuple[int, Mapping[str, Any] | str]], limit: int | None = None, *, check_images: bool = True
+) -> TaskLoadResult:
+    """Run ``(row_index, fields or reason)`` pairs through a collector; ``limit`` caps the rows."""
+    collector = TaskCollector(check_images=check_images)
+    for n, (index, row) in enumerate(rows):
+        if limit is not None and n >= limit:
+            break
+        if isinstance(row, str):
+            collector.skip(index, row)
+        else:
+            collector.add(index, row)
+    return collector.result()
