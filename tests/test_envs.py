@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -56,7 +57,8 @@ def test_numberline_moving_away_then_back():
     env.reset(options={"current": 2, "target": 4})
     steps, info = play(env, ["-", "+", "+", "+"])
     # 2->1 (distance 2->3: -1), 1->2 (3->2: 0), 2->3 (0), 3->4 (+1, done). Return 0: no success.
-    assert steps == [(-1.0, False, False), (0.0, False, False), (0.0, False, False), (1.0, True, False)]
+    assert steps == [(-1.0, False, False), (0.0, False, False), (0.0, False, False),
+                     (1.0, True, False)]
     assert info["episode_return"] == 0.0 and info["success"] is False
 
 
@@ -195,7 +197,8 @@ def test_points24_formula_limit_twenty():
 
 
 def test_points24_has_seventeen_actions():
-    assert Points24.ACTIONS[10:] == ("+", "-", "*", "/", "(", ")", "=") and len(Points24.ACTIONS) == 17
+    assert Points24.ACTIONS[10:] == ("+", "-", "*", "/", "(", ")", "=")
+    assert len(Points24.ACTIONS) == 17
 
 
 @pytest.mark.parametrize("tokens, value", [
@@ -347,7 +350,46 @@ def test_step_invalid_keeps_state_and_image():
 
 def test_make_env_registry():
     assert {n: type(make_env(n)) for n in ENVS} == {
-        "numberline": NumberLine, "ezpoints": EZPoints, "points24": Points24, "blackjack": Blackjack}
+        "numberline": NumberLine, "ezpoints": EZPoints, "points24": Points24,
+        "blackjack": Blackjack}
     assert make_env("numberline", image_size=64).observation_space.shape == (64, 64, 3)
     with pytest.raises(ValueError, match="blackjack.*ezpoints.*numberline.*points24"):
         make_env("alfworld")
+
+
+@pytest.fixture
+def without_dejavu(monkeypatch):
+    """Render as on a machine without DejaVu fonts (Pillow's built-in default font)."""
+    from rollout.envs import render
+
+    def clear():
+        for cached in (render.font_path, render.font, render.fitted_size):
+            cached.cache_clear()
+
+    monkeypatch.setattr(render, "_font_paths", lambda: [])
+    clear()
+    yield
+    monkeypatch.undo()
+    clear()
+
+
+def test_render_with_pillow_default_font(without_dejavu):
+    from rollout.envs import render
+
+    assert render.font_path() is None
+    env = NumberLine(image_size=56)
+    a, _ = env.reset(options={"current": 1, "target": 3})
+    b, _ = env.reset(options={"current": 1, "target": 3})
+    c, *_ = env.step(1)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("name", sorted(ENVS))
+def test_gymnasium_env_checker_passes(name):
+    from gymnasium.utils.env_checker import check_env
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(make_env(name, image_size=64), skip_render_check=False)
+    # The only expected warning: alternative render modes need a gymnasium.make spec.
+    assert [str(w.message) for w in caught if "spec" not in str(w.message)] == []

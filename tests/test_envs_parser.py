@@ -18,7 +18,7 @@ NL, BJ, EZ, P24 = NumberLine.ACTIONS, Blackjack.ACTIONS, EZPoints.ACTIONS, Point
 
 @pytest.mark.parametrize("actions, text, expected", [
     (NL, '{"thoughts": "I should add one", "action": "+"}', "+"),
-    (NL, '{"thoughts": "5 - 3 = 2, so go down", "action": "+"}', "+"),  # text before the key ignored
+    (NL, '{"thoughts": "5 - 3 = 2, so go down", "action": "+"}', "+"),  # text before key ignored
     (NL, '{"action" : "-"}', "-"),  # space before the colon
     (NL, '"action": "-1"', "-"),  # "1" is no NumberLine action
     (NL, '"action": "+", "again": "+"', "+"),  # one distinct action, repeated
@@ -98,7 +98,8 @@ def test_step_with_text_random_mode_plays_the_rng_action():
     expected = int(np.random.default_rng(7).integers(2))  # reference draw from the same rng state
     env = NumberLine()
     env.reset(options={"current": 2, "target": 4})
-    out = step_with_text(env, "no json at all", InvalidActionPolicy("random"), np.random.default_rng(7))
+    policy = InvalidActionPolicy("random")
+    out = step_with_text(env, "no json at all", policy, np.random.default_rng(7))
     assert not out.parsed.valid and out.executed == expected
     assert out.info["current"] == (3 if expected == 1 else 1)
     assert out.reward == (0.0 if expected == 1 else -1.0)
@@ -108,7 +109,8 @@ def test_step_with_text_penalty_mode_keeps_state_and_truncates():
     env = NumberLine(image_size=56)
     first, _ = env.reset(options={"current": 1, "target": 3})
     policy = InvalidActionPolicy("penalty", penalty=-1.0)
-    outs = [step_with_text(env, '"action": "?"', policy, np.random.default_rng(0)) for _ in range(10)]
+    rng = np.random.default_rng(0)
+    outs = [step_with_text(env, '"action": "?"', policy, rng) for _ in range(10)]
     assert [o.reward for o in outs] == [-1.0] * 10 and all(o.executed is None for o in outs)
     assert [o.truncated for o in outs] == [False] * 9 + [True]  # NumberLine's 10-step limit
     assert outs[-1].info["current"] == 1 and np.array_equal(outs[-1].observation, first)

@@ -28,7 +28,7 @@ ENVS: dict[str, type[CardsEnv]] = {
 
 
 def make_env(name: str, **kwargs: Any) -> CardsEnv:
-    """Build the environment registered as ``name`` with constructor ``kwargs`` (e.g. image_size)."""
+    """Build the environment registered as ``name``, passing ``kwargs`` (e.g. image_size)."""
     if name not in ENVS:
         raise ValueError(f"unknown environment {name!r}; known: {sorted(ENVS)}")
     return ENVS[name](**kwargs)

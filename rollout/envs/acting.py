@@ -28,7 +28,7 @@ class TextStep:
     parsed: ParsedAction
     """The parse of the reply (``parsed.valid`` False for invalid replies)."""
     executed: int | None
-    """Action index actually played: the parsed one, a random one (random mode), or None (penalty)."""
+    """Action index played: the parsed one, a random one (random mode) or None (penalty mode)."""
 
     @property
     def done(self) -> bool:

@@ -37,7 +37,7 @@ def image_shape(image_size: int | tuple[int, int]) -> tuple[int, int]:
 class CardsEnv(gym.Env):
     """Base of NumberLine, EZPoints, Points24 and Blackjack (see the module docstring)."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 4}
     ACTIONS: ClassVar[tuple[str, ...]] = ()
     """Action strings; the action index of ``step`` indexes this tuple."""
     BACKGROUND: ClassVar[str] = "white"
@@ -77,14 +77,14 @@ class CardsEnv(gym.Env):
         It counts towards ``max_steps``, so a policy that never answers validly is still truncated.
         """
         if self._done:
-            raise RuntimeError(f"{type(self).__name__}.step_invalid: episode has ended; call reset()")
+            raise RuntimeError(f"{type(self).__name__}.step_invalid: episode ended; call reset()")
         return self._finish(penalty, False, False)
 
     def render(self) -> np.ndarray:
         """The current observation: (H, W, 3) uint8 RGB."""
         img = Image.new("RGB", (self.width, self.height), self.BACKGROUND)
         self._draw(ImageDraw.Draw(img))
-        return np.asarray(img, dtype=np.uint8)
+        return np.array(img, dtype=np.uint8)
 
     @property
     def episode_over(self) -> bool:

@@ -39,7 +39,7 @@ class NumberLine(CardsEnv):
         if "current" in options or "target" in options:
             c, g = int(options["current"]), int(options["target"])
             if c == g or not (0 <= c <= self.max_position and 0 <= g <= self.max_position):
-                raise ValueError(f"NumberLine options: need distinct values in 0..{self.max_position}")
+                raise ValueError(f"NumberLine: need distinct values in 0..{self.max_position}")
             self.current, self.target = c, g
             return
         self.current = int(self.np_random.integers(0, self.max_position + 1))
@@ -64,5 +64,5 @@ class NumberLine(CardsEnv):
         short = w < 160
         target = f"T: {self.target}" if short else f"Target: {self.target}"
         current = f"C: {self.current}" if short else f"Current: {self.current}"
-        draw_text(draw, target, (w * 0.08, h * 0.10, w * 0.92, h * 0.42), BLACK, align="left")
-        draw_text(draw, current, (w * 0.08, h * 0.58, w * 0.92, h * 0.90), BLACK, align="left")
+        draw_text(draw, target, (w * 0.08, h * 0.06, w * 0.92, h * 0.44), BLACK, align="left")
+        draw_text(draw, current, (w * 0.08, h * 0.56, w * 0.92, h * 0.94), BLACK, align="left")

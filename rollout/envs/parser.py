@@ -77,4 +77,4 @@ class InvalidActionPolicy:
 
     def __post_init__(self) -> None:
         if self.mode not in ("random", "penalty"):
-            raise ValueError(f"InvalidActionPolicy.mode: {self.mode!r} is not 'random' or 'penalty'")
+            raise ValueError(f"InvalidActionPolicy.mode: {self.mode!r} not 'random' or 'penalty'")

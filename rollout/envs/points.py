@@ -34,14 +34,16 @@ from rollout.envs.base import CardsEnv
 from rollout.envs.render import RANKS, SUITS, WHITE, Card, card_row, draw_card, draw_text
 
 NUMBERS = tuple(str(i) for i in range(1, 11))
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub,
+           ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
 def evaluate(tokens: list[str] | tuple[str, ...]) -> Fraction | None:
     """Exact value of the formula ``tokens`` (numbers, + - * / and parentheses), None if invalid.
 
     Tokens are joined with spaces and parsed by Python's ``ast``; only integer literals, unary +/-,
-    and binary + - * / are accepted. Invalid syntax, other constructs and division by zero give None.
+    and binary + - * / are accepted. Invalid syntax, other constructs and division by zero give
+    None.
     """
     try:
         return _eval(ast.parse(" ".join(tokens), mode="eval").body)
@@ -124,11 +126,13 @@ class PointsEnv(CardsEnv):
 
     def _draw(self, draw: ImageDraw.ImageDraw) -> None:
         w, h = self.width, self.height
-        for box, card in zip(card_row(len(self.cards), (w * 0.04, h * 0.05, w * 0.96, h * 0.76)), self.cards):
+        boxes = card_row(len(self.cards), (w * 0.04, h * 0.05, w * 0.96, h * 0.76))
+        for box, card in zip(boxes, self.cards):
             draw_card(draw, box, card)
         shown = " ".join(self.formula)
         text = f"F: {shown}" if w < 160 else f"Formula: {shown}"
-        draw_text(draw, text.rstrip(), (w * 0.04, h * 0.80, w * 0.96, h * 0.96), WHITE, align="left")
+        box = (w * 0.04, h * 0.80, w * 0.96, h * 0.96)
+        draw_text(draw, text.rstrip(), box, WHITE, align="left")
 
 
 class EZPoints(PointsEnv):
@@ -138,11 +142,13 @@ class EZPoints(PointsEnv):
     N_CARDS, TARGET, MAX_FORMULA_LEN = 2, 12, 5
 
     def _deal(self) -> list[Card]:
-        """RL4VLM's generator: first rank 2..K; second = 12 // v (half the time, if v | 12) or 12 - v."""
+        """RL4VLM's generator: first rank 2..K (value v); second value 12 // v (half the time,
+        when v divides 12) or 12 - v; a value of 10 gets a random rank among 10/J/Q/K."""
         first = RANKS[int(self.np_random.integers(1, 13))]
         v = Card(first, "S").value
         other = 12 // v if v in (2, 3, 4, 6) and self.np_random.random() < 0.5 else 12 - v
-        second = ("10", "J", "Q", "K")[int(self.np_random.integers(4))] if other == 10 else str(other)
+        tens = ("10", "J", "Q", "K")
+        second = tens[int(self.np_random.integers(4))] if other == 10 else str(other)
         cards = [Card(first, self._random_suit()), Card(second, self._random_suit())]
         return cards[::-1] if self.np_random.random() < 0.5 else cards
 

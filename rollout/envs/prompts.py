@@ -27,7 +27,9 @@ def _choices(actions: tuple[str, ...]) -> str:
 
 def _json(fields: list[tuple[str, str]], actions: tuple[str, ...], cot: bool) -> str:
     """The JSON template: the CoT fields (when ``cot``) then the action field."""
-    action = " or ".join(f'"{a}"' for a in actions) if len(actions) <= 2 else '"one of the legal actions"'
+    action = '"one of the legal actions"'
+    if len(actions) <= 2:
+        action = " or ".join(f'"{a}"' for a in actions)
     lines = [f' "{k}": {v},' for k, v in fields] if cot else []
     return "Your response should be a valid JSON object in the following format:\n{\n" + "\n".join(
         lines + [f' "action": {action}']) + "\n}"
@@ -47,8 +49,9 @@ def numberline_prompt(info: Mapping[str, Any] | None = None, cot: bool = True) -
 
 def blackjack_prompt(info: Mapping[str, Any] | None = None, cot: bool = True) -> str:
     """Blackjack prompt; ``info`` is unused (the state is only in the image)."""
-    game = ("You are a blackjack player. The image shows the dealer's cards in the top row (one face "
-            "down) and your cards in the bottom row. J, Q and K count 10; an ace counts 11 or 1. "
+    game = ("You are a blackjack player. The image shows the dealer's cards in the top row (one "
+            "face down) and your cards in the bottom row. J, Q and K count 10; an ace counts 11 "
+            "or 1. "
             f"Legal actions: {_choices(Blackjack.ACTIONS)}.\n")
     fields = [("thoughts", '"first describe your total points and the dealer\'s visible points, '
                            'then think about which action to choose"')]

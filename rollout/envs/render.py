@@ -6,7 +6,8 @@ sized relative to its box, so the same scene stays legible at 56x56 or 112x112 f
 text is fitted to the largest font that fits its box, suits are filled polygons (no glyphs needed).
 
 Fonts: DejaVu Sans Bold when the system (Debian ``fonts-dejavu-core``) or matplotlib ships it,
-otherwise Pillow's built-in TrueType default (``ImageFont.load_default(size=...)``, Pillow >= 10.1).
+otherwise Pillow's built-in TrueType default (``ImageFont.load_default(size=...)``, Pillow >= 10.1)
+drawn with a thin outline in the text colour to make it bold.
 Rendering is deterministic for a given state on a given machine; machines with different fonts
 draw slightly different pixels.
 """
@@ -40,7 +41,7 @@ class Card:
 
     def __post_init__(self) -> None:
         if self.rank not in RANKS or self.suit not in SUITS:
-            raise ValueError(f"Card: bad rank/suit {self.rank!r}{self.suit!r}; ranks {RANKS}, suits {SUITS}")
+            raise ValueError(f"Card: bad {self.rank!r}{self.suit!r}; ranks {RANKS}, suits {SUITS}")
 
     @classmethod
     def parse(cls, text: str) -> Card:
@@ -85,13 +86,18 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
+def stroke(size: int) -> int:
+    """Outline width that fakes bold when only Pillow's regular default font is available."""
+    return 0 if font_path() is not None else max(1, round(size / 24))
+
+
 @lru_cache(maxsize=4096)
 def fitted_size(text: str, width: int, height: int) -> int:
     """Largest font size whose bounding box of ``text`` fits in ``width`` x ``height`` (>= 1)."""
     lo, hi = 1, max(1, height)
     while lo < hi:  # binary search on the monotone "fits" predicate
         mid = (lo + hi + 1) // 2
-        x0, y0, x1, y1 = font(mid).getbbox(text)
+        x0, y0, x1, y1 = font(mid).getbbox(text, stroke_width=stroke(mid))
         if x1 - x0 <= width and y1 - y0 <= height:
             lo = mid
         else:
@@ -103,11 +109,11 @@ def draw_text(draw: ImageDraw.ImageDraw, text: str, box: Box, fill, align: str =
     """Draw ``text`` as large as fits in ``box``, centred vertically, left- or centre-aligned."""
     x0, y0, x1, y1 = box
     size = fitted_size(text, int(x1 - x0), int(y1 - y0))
-    f = font(size)
-    bx0, by0, bx1, by1 = f.getbbox(text)
+    f, sw = font(size), stroke(size)
+    bx0, by0, bx1, by1 = f.getbbox(text, stroke_width=sw)
     y = (y0 + y1) / 2 - (by0 + by1) / 2
     x = x0 - bx0 if align == "left" else (x0 + x1) / 2 - (bx0 + bx1) / 2
-    draw.text((round(x), round(y)), text, fill=fill, font=f)
+    draw.text((round(x), round(y)), text, fill=fill, font=f, stroke_width=sw, stroke_fill=fill)
 
 
 def _suit_shape(draw: ImageDraw.ImageDraw, suit: str, box: Box, fill) -> None:
@@ -120,9 +126,11 @@ def _suit_shape(draw: ImageDraw.ImageDraw, suit: str, box: Box, fill) -> None:
     elif suit == "H":
         draw.ellipse((x0, y0, cx, y0 + 2 * r), fill=fill)
         draw.ellipse((cx, y0, x1, y0 + 2 * r), fill=fill)
-        draw.polygon([(x0 + s * 0.02, y0 + r * 1.3), (x1 - s * 0.02, y0 + r * 1.3), (cx, y1)], fill=fill)
+        draw.polygon([(x0 + s * 0.02, y0 + r * 1.3), (x1 - s * 0.02, y0 + r * 1.3), (cx, y1)],
+                     fill=fill)
     elif suit == "S":
-        draw.polygon([(cx, y0), (x1 - s * 0.02, cy + r * 0.3), (x0 + s * 0.02, cy + r * 0.3)], fill=fill)
+        draw.polygon([(cx, y0), (x1 - s * 0.02, cy + r * 0.3), (x0 + s * 0.02, cy + r * 0.3)],
+                     fill=fill)
         draw.ellipse((x0, cy - r * 0.4, cx, cy + r * 1.6), fill=fill)
         draw.ellipse((cx, cy - r * 0.4, x1, cy + r * 1.6), fill=fill)
         draw.polygon([(cx, cy), (cx + r * 0.7, y1), (cx - r * 0.7, y1)], fill=fill)
@@ -134,7 +142,7 @@ def _suit_shape(draw: ImageDraw.ImageDraw, suit: str, box: Box, fill) -> None:
 
 
 def draw_card(draw: ImageDraw.ImageDraw, box: Box, card: Card | None) -> None:
-    """Draw ``card`` face up in ``box`` (big rank on top, suit symbol below), or face down if None."""
+    """Draw ``card`` face up in ``box`` (big rank, suit symbol below), or face down if None."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     radius, line = max(1, round(w * 0.08)), max(1, round(w / 30))
@@ -156,7 +164,7 @@ def draw_card(draw: ImageDraw.ImageDraw, box: Box, card: Card | None) -> None:
 
 def card_row(n: int, area: Box, aspect: float = 5 / 7, gap: float = 0.06,
              center: bool = True) -> list[Box]:
-    """Boxes for ``n`` cards of width/height ``aspect`` laid in one row, as large as ``area`` allows.
+    """Boxes for ``n`` cards of width/height ``aspect`` in one row, as large as ``area`` allows.
 
     The row is centred in the area when ``center`` is True, else it starts at the area's left edge
     and is centred vertically; ``gap`` is the spacing as a fraction of the card width.
@@ -166,4 +174,5 @@ def card_row(n: int, area: Box, aspect: float = 5 / 7, gap: float = 0.06,
     h = w / aspect
     top = (y0 + y1) / 2 - h / 2
     left = (x0 + x1) / 2 - w * (n + gap * (n - 1)) / 2 if center else x0
-    return [(left + i * w * (1 + gap), top, left + i * w * (1 + gap) + w, top + h) for i in range(n)]
+    lefts = [left + i * w * (1 + gap) for i in range(n)]
+    return [(x, top, x + w, top + h) for x in lefts]
