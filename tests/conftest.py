@@ -22,13 +22,31 @@ def models_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for the whole session; shut down only if this fixture started it."""
+def ray_cluster():
+    """A real two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: two raylets),
+    shared by every Ray test of the session and shut down at its end. Each node offers 2 logical
+    CPUs; tests that need cross-node placement use the node ids in ``cluster.list_all_nodes()``.
+    Only this cluster is shut down; no other Ray instance of the user is touched."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        pytest.fail("a Ray instance is already initialised in this process; tests must use ray_cluster")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster):
+    """The Ray module, connected to the session's cluster."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    if started:
-        ray.shutdown()
+    return ray

@@ -116,3 +116,11 @@ class Engine(Protocol):
     def adapter_versions(self) -> Mapping[str, int]:
         """Version currently served for each adapter name."""
         ...
+
+    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int], adapter: str | None) -> list[float]:
+        """log p(target_ids[i] | prompt_ids + target_ids[:i]) under the adapter's current version.
+
+        Used to prove a weight sync end to end: the same probe scored by the learner and by every
+        rollout worker must agree after the sync (vLLM: prompt log-probs of the joined sequence).
+        """
+        ...

@@ -85,6 +85,11 @@ class FakeEngine:
             )
         self._versions[ref.name] = ref.version
 
+    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int], adapter: str | None) -> list[float]:
+        """Uniform policy shifted by the adapter version, so a sync visibly changes the probe."""
+        version = self._versions.get(adapter, 0) if adapter else 0
+        return [-math.log(len(self.tokenizer)) - 0.01 * version] * len(target_ids)
+
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
         return [self._complete(r) for r in requests]
 
