@@ -105,7 +105,7 @@ def ez(cards: list[str]) -> EZPoints:
 def test_ezpoints_correct_formula_gives_ten(cards, formula):
     steps, info = play(ez(cards), formula + ["="])
     assert steps == [(0.0, False, False)] * 3 + [(10.0, True, False)]
-    assert info["success"] is True and info["formula_text"] == "".join(formula)
+    assert info["success"] is True and info["formula_text"] == " ".join(formula)
 
 
 def test_ezpoints_overused_number_is_minus_one_and_continues():

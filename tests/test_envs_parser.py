@@ -180,9 +180,10 @@ def test_prompts_ask_for_the_json_keys_and_list_actions(name, keys):
 def test_points_prompts_show_the_current_formula():
     env = EZPoints()
     env.reset(options={"cards": ["4H", "8S"]})
-    *_, info = env.step(EZ.index("4"))
-    assert "The current formula is: '4'." in build_prompt("ezpoints", info)
-    assert '"current formula": "4"' in build_prompt("ezpoints", info)
+    env.step(EZ.index("4"))
+    *_, info = env.step(EZ.index("+"))
+    assert "The current formula is: '4 +'." in build_prompt("ezpoints", info)
+    assert '"current formula": "4 +"' in build_prompt("ezpoints", info)
     assert "evaluates to 24" in build_prompt("points24")
 
 

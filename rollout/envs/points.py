@@ -120,7 +120,7 @@ class PointsEnv(CardsEnv):
             "cards": [str(c) for c in self.cards],
             "numbers": self.numbers,
             "formula": list(self.formula),
-            "formula_text": "".join(self.formula),
+            "formula_text": " ".join(self.formula),  # spaced: "1 10" is not "110"
             "target": self.TARGET,
         }
 
