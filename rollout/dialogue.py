@@ -1,0 +1,164 @@
+"""Reasoner/Observer dialogues (IMMO, "Inner Monologue Multi-Modal Optimization", arXiv 2308.09970).
+
+Two roles, each with its own engine (possibly the same engine object with two adapters, or two
+engines with different base models and tokenizers) and its own ChatML context in token space:
+
+- the **Observer** (a VLM) sees the image, captions it, then answers the Reasoner's questions;
+- the **Reasoner** (a text LM) never sees the image: it reads the caption, asks up to K questions
+  and gives the final answer in the configured answer format (it may answer early, which ends the
+  dialogue).
+
+Flow for each dialogue (IMMO section 3): Observer caption -> K x (Reasoner question -> Observer
+answer) -> Reasoner final answer. After the K-th Observer answer the final-answer request
+(``final_prompt``) is appended to that same user message.
+
+Token-in/token-out holds within a role: a role's context is its previous prompt, its sampled ids
+and the closing ids, then the next user message and the assistant header; sampled ids are never
+re-tokenised. Text crossing to the other role is the decoded text of the turn (special-token
+strings such as ``<|image_pad|>`` removed, so one role can never inject markup or image
+placeholders into the other's context), encoded by the receiving role's tokenizer as a new user
+message. The Observer's context keeps the whole conversation with the image once, in its first
+message, so every Observer request carries that one image.
+
+Batching: each phase (caption, questions of round r, answers of round r, final answers) is ONE
+engine call holding every live dialogue of that role; dialogues that answered early drop out.
+Group sampling: G whole dialogues per task, every turn sampled with n=1 and its own seed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from rewards.base import Reward
+from rollout.chat import ChatFormat
+from rollout.config import DialogueConfig, RoleConfig
+from rollout.engine.base import Engine, Request
+from rollout.episode_arrow import EpisodeBatch
+from rollout.single_turn import (
+    collect_images,
+    derive_seed,
+    episode_id,
+    extract_answer,
+    format_choices,
+    group_id,
+    make_turn,
+    score,
+    task_images,
+    timed_generate,
+)
+from rollout.types import Episode, Task, Turn
+
+_SPECIAL = re.compile(r"<\|[A-Za-z0-9_]+\|>")
+
+
+def crossing_text(text: str) -> str:
+    """Text handed from one role to the other: special-token strings removed, whitespace stripped."""
+    return _SPECIAL.sub("", text).strip()
+
+
+@dataclass
+class _Dialogue:
+    """Mutable state of one dialogue while it runs (never leaves this module)."""
+
+    task: Task
+    k: int
+    group: str
+    observer_ctx: list[int] = field(default_factory=list)
+    """Observer messages so far (closed), without the assistant header."""
+    reasoner_ctx: list[int] = field(default_factory=list)
+    """Reasoner messages so far (closed), without the assistant header."""
+    turns: list[Turn] = field(default_factory=list)
+    answer: str | None = None
+    questions: int = 0
+
+
+class _Side:
+    """One role: its engine, ChatML encoder and settings; runs one batched turn for many dialogues."""
+
+    def __init__(self, role: str, engine: Engine, cfg: RoleConfig, images: bool) -> None:
+        self.role, self.engine, self.cfg, self.images = role, engine, cfg, images
+        self.chat = ChatFormat(engine.tokenizer)
+
+    def ctx(self, d: _Dialogue) -> list[int]:
+        return d.observer_ctx if self.role == "observer" else d.reasoner_ctx
+
+    def add_user(self, d: _Dialogue, text: str, num_images: int = 0) -> None:
+        """Append a user message (opening the context with the system message if it is empty)."""
+        ctx = self.ctx(d)
+        if not ctx and self.cfg.system_prompt:
+            ctx += self.chat.message("system", self.cfg.system_prompt)
+        ctx += self.chat.message("user", text, num_images)
+
+    def turn(self, dialogues: Sequence[_Dialogue], seed: int, step: int) -> list[str]:
+        """One engine call for all ``dialogues``: record each turn, extend each context with the
+        sampled ids and the closing ids; return the crossing texts."""
+        requests = [self._request(d, seed, step) for d in dialogues]
+        results, wall = timed_generate(self.engine, requests)
+        texts = []
+        for d, req, [c] in zip(dialogues, requests, results):
+            d.turns.append(make_turn(self.role, c, self.cfg, req.images, wall))
+            self.ctx(d)[:] = list(req.prompt_ids) + list(c.output_ids) + self.chat.close_reply(c.output_ids)
+            texts.append(c.text)
+        return texts
+
+    def _request(self, d: _Dialogue, seed: int, step: int) -> Request:
+        s = derive_seed(seed, step, d.task.task_id, d.k, len(d.turns))
+        images = task_images(d.task) if self.images else ()
+        prompt = tuple(self.ctx(d) + self.chat.generation_prompt())
+        return Request(prompt, images, self.cfg.adapter, self.cfg.sampling.to_sampling(1, s))
+
+
+def run_dialogues(reasoner: Engine, observer: Engine, tasks: Sequence[Task], cfg: DialogueConfig,
+                  group_size: int, *, reward: Reward | None = None, step: int = 0,
+                  seed: int = 0) -> EpisodeBatch:
+    """G Reasoner/Observer dialogues per task, batched by phase (see the module docstring)."""
+    obs = _Side("observer", observer, cfg.observer, images=True)
+    rsn = _Side("reasoner", reasoner, cfg.reasoner, images=False)
+    ds = [_Dialogue(t, k, group_id(t.task_id, step)) for t in tasks for k in range(group_size)]
+    for d in ds:
+        obs.add_user(d, cfg.caption_prompt, len(task_images(d.task)))
+    for d, caption in zip(ds, obs.turn(ds, seed, step)):
+        first = cfg.reasoner_template.format(question=d.task.question, choices=format_choices(d.task.choices),
+                                             caption=crossing_text(caption))
+        rsn.add_user(d, _with_final(first, cfg) if cfg.max_questions == 0 else first)
+    for r in range(1, cfg.max_questions + 1):
+        asking = _ask(rsn, obs, [d for d in ds if d.answer is None], cfg, seed, step)
+        for d, reply in zip(asking, obs.turn(asking, seed, step)):
+            relay = cfg.reply_template.format(answer=crossing_text(reply))
+            rsn.add_user(d, _with_final(relay, cfg) if r == cfg.max_questions else relay)
+    final = [d for d in ds if d.answer is None]
+    for d, text in zip(final, rsn.turn(final, seed, step)):
+        d.answer = extract_answer(text, cfg.answer)
+    episodes = tuple(score(d.task, _episode(d), reward, cfg.success_component) for d in ds)
+    return EpisodeBatch(episodes, collect_images(tasks))
+
+
+def _with_final(message: str, cfg: DialogueConfig) -> str:
+    return f"{message}\n{cfg.final_prompt}"
+
+
+def _ask(rsn: _Side, obs: _Side, live: list[_Dialogue], cfg: DialogueConfig, seed: int,
+         step: int) -> list[_Dialogue]:
+    """One Reasoner round: a reply in the answer format ends its dialogue, any other reply is a
+    question relayed to the Observer. Returns the dialogues that asked."""
+    asking = []
+    for d, text in zip(live, rsn.turn(live, seed, step)):
+        d.answer = extract_answer(text, cfg.answer)
+        if d.answer is None:
+            d.questions += 1
+            obs.add_user(d, cfg.question_template.format(question=crossing_text(text)))
+            asking.append(d)
+    return asking
+
+
+def _episode(d: _Dialogue) -> Episode:
+    """The finished dialogue as an Episode: "answered" if the answer parsed, else "max_turns"."""
+    answered = d.answer is not None
+    return Episode(
+        episode_id=episode_id(d.group, d.k), group_id=d.group, task_id=d.task.task_id,
+        turns=tuple(d.turns), finish_reason="answered" if answered else "max_turns",
+        answer=d.answer or "", reward_reason="" if answered else "no answer in the expected format",
+        metadata={"questions": str(d.questions)},
+    )
