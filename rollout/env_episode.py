@@ -1,0 +1,200 @@
+"""Multi-step environment episodes (RL4VLM, Zhai et al., NeurIPS 2024) on the gym_cards envs.
+
+G episodes per environment seed (all G start from the same state: one GRPO group). Each step, for
+every live episode: render the observation to PNG, write the env package's prompt for the current
+state, and make ONE batched engine call for all live episodes; then parse each reply's action
+(``rollout.envs.step_with_text``: an invalid reply plays a random action or takes a penalty, as
+configured), step the env and record the step reward on the turn. An episode ends when the env
+terminates or truncates (the env enforces ``max_steps``).
+
+As in RL4VLM, every step is a FRESH single-turn prompt holding only the current image (no history
+of earlier steps), so each turn's ``prompt_ids`` is self-contained.
+
+Episode reward = undiscounted return (sum of step rewards), unless a reward plugin is given;
+success = return > 0 (the paper's criterion). Each turn's ``cot_span``/``action_span`` are TOKEN
+spans of ``output_ids`` (see :func:`reply_token_spans`), for the lambda-scaled CoT log-prob.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from rewards.base import Reward
+from rollout.chat import ChatFormat
+from rollout.config import EnvEpisodeConfig
+from rollout.engine.base import Completion, Engine, Request
+from rollout.envs import (
+    CardsEnv,
+    InvalidActionPolicy,
+    build_prompt,
+    find_reply_spans,
+    make_env,
+    step_with_text,
+)
+from rollout.envs.spans import CharSpan
+from rollout.episode_arrow import EpisodeBatch, image_hash
+from rollout.single_turn import derive_seed, episode_id, group_id, make_turn, score, timed_generate
+from rollout.types import Episode, Span, Task, Turn
+
+
+def encode_png(observation: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 observation (deterministic for equal pixels)."""
+    buf = io.BytesIO()
+    Image.fromarray(observation).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- char -> token spans
+
+
+def _prefix_len(tokenizer: Any, ids: Sequence[int], i: int) -> int:
+    return len(tokenizer.decode(list(ids[:i]), skip_special_tokens=True))
+
+
+def token_start(tokenizer: Any, ids: Sequence[int], char: int) -> int:
+    """Index of the token holding character ``char`` of the decoded text: the largest i with
+    ``len(decode(ids[:i])) <= char`` (binary search over prefix decodes, exact for any tokenizer
+    whose prefix decodes are prefixes of the full decode, e.g. byte-level BPE)."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _prefix_len(tokenizer, ids, mid) <= char:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def token_end(tokenizer: Any, ids: Sequence[int], char: int) -> int:
+    """The smallest j with ``len(decode(ids[:j])) >= char`` (tokens ``[:j]`` cover ``[:char]``)."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _prefix_len(tokenizer, ids, mid) >= char:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def token_span(tokenizer: Any, ids: Sequence[int], span: CharSpan) -> Span:
+    """Smallest token range whose decode covers character range ``span``; it decodes to exactly
+    the characters when both ends fall on token boundaries (always for a character tokenizer)."""
+    start = token_start(tokenizer, ids, span.start)
+    return Span(start, max(start, token_end(tokenizer, ids, span.end)))
+
+
+def reply_token_spans(tokenizer: Any, ids: Sequence[int], mode: str) -> tuple[Span | None, Span | None]:
+    """(cot_span, action_span) of a reply's ``ids``; (None, None) without an "action" key.
+
+    "rl4vlm": CoT = every token before the one holding the "action" key's opening quote, action =
+    that token to the end of ``ids`` (stop token included), as RL4VLM's code splits the reply.
+    "values": the tokens covering the "thoughts" value and the "action" value only.
+    """
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    spans = find_reply_spans(text)
+    if spans.action_key is None:
+        return None, None
+    if mode == "rl4vlm":
+        split = token_start(tokenizer, ids, spans.action_key)
+        return Span(0, split), Span(split, len(ids))
+    def cover(s: CharSpan | None) -> Span | None:
+        return None if s is None else token_span(tokenizer, ids, s)
+    return cover(spans.thoughts), cover(spans.action)
+
+
+# ----------------------------------------------------------------------------- episodes
+
+
+@dataclass
+class _Run:
+    """Mutable state of one running episode (never leaves this module)."""
+
+    env: CardsEnv
+    env_seed: int
+    k: int
+    group: str
+    rng: np.random.Generator
+    observation: np.ndarray
+    info: dict[str, Any]
+    turns: list[Turn] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    """Action string played at each step ("?" for an invalid reply in penalty mode)."""
+    invalid: int = 0
+    """Replies the parser rejected."""
+    finish: str = ""
+
+
+def env_task_id(env: str, env_seed: int) -> str:
+    """Task id of the episodes of ``env`` started from ``env_seed``."""
+    return f"{env}:{env_seed}"
+
+
+def run_env_episodes(engine: Engine, env_seeds: Sequence[int], cfg: EnvEpisodeConfig, group_size: int,
+                     *, reward: Reward | None = None, step: int = 0, seed: int = 0) -> EpisodeBatch:
+    """G episodes per env seed, one batched engine call per environment step (module docstring)."""
+    runs = [_start(cfg, s, k, step, seed) for s in env_seeds for k in range(group_size)]
+    chat = ChatFormat(engine.tokenizer)
+    images: dict[str, bytes] = {}
+    while live := [r for r in runs if not r.finish]:
+        pngs = [encode_png(r.observation) for r in live]
+        images.update((image_hash(p), p) for p in pngs)
+        requests = [_request(chat, r, png, cfg, step, seed) for r, png in zip(live, pngs)]
+        results, wall = timed_generate(engine, requests)
+        for r, png, [c] in zip(live, pngs, results):
+            _advance(r, engine, cfg, c, png, wall)
+    return EpisodeBatch(tuple(_episode(r, cfg, reward) for r in runs), images)
+
+
+def _start(cfg: EnvEpisodeConfig, env_seed: int, k: int, step: int, seed: int) -> _Run:
+    kwargs: dict[str, Any] = {"image_size": cfg.image_size}
+    if cfg.max_steps is not None:
+        kwargs["max_steps"] = cfg.max_steps
+    env = make_env(cfg.env, **kwargs)
+    observation, info = env.reset(seed=env_seed)
+    rng = np.random.default_rng(derive_seed(seed, step, env_seed, k, "invalid-actions"))
+    gid = group_id(env_task_id(cfg.env, env_seed), step)
+    return _Run(env, env_seed, k, gid, rng, observation, info)
+
+
+def _request(chat: ChatFormat, r: _Run, png: bytes, cfg: EnvEpisodeConfig, step: int, seed: int) -> Request:
+    """A fresh prompt: system message, the env's task prompt for the current state, the image."""
+    prompt = chat.prompt(cfg.policy.system_prompt, build_prompt(cfg.env, r.info, cfg.cot), num_images=1)
+    s = derive_seed(seed, step, r.env_seed, r.k, len(r.turns))
+    return Request(tuple(prompt), (png,), cfg.policy.adapter,
+                   cfg.policy.sampling.to_sampling(1, s))
+
+
+def _advance(r: _Run, engine: Engine, cfg: EnvEpisodeConfig, c: Completion, png: bytes,
+             wall: float) -> None:
+    """Parse and play one reply, record its turn (with step reward and token spans)."""
+    policy = InvalidActionPolicy(cfg.invalid_action, cfg.invalid_penalty)
+    ts = step_with_text(r.env, c.text, policy, r.rng)
+    cot, action = reply_token_spans(engine.tokenizer, c.output_ids, cfg.span_mode)
+    r.turns.append(make_turn("policy", c, cfg.policy, [png], wall, reward=ts.reward,
+                             cot_span=cot, action_span=action))
+    r.actions.append("?" if ts.executed is None else r.env.ACTIONS[ts.executed])
+    r.invalid += not ts.parsed.valid
+    r.observation, r.info = ts.observation, ts.info
+    if ts.done:
+        r.finish = "terminated" if ts.terminated else "truncated"
+
+
+def _episode(r: _Run, cfg: EnvEpisodeConfig, reward: Reward | None) -> Episode:
+    """Episode with reward = return (or the plugin's score) and success = return > 0."""
+    ret = math.fsum(t.reward for t in r.turns)
+    task = Task(task_id=env_task_id(cfg.env, r.env_seed), question=cfg.env, answer="", source=cfg.env)
+    episode = Episode(
+        episode_id=episode_id(r.group, r.k), group_id=r.group, task_id=task.task_id, turns=tuple(r.turns),
+        reward=ret, reward_components={"env_return": ret}, finish_reason=r.finish, success=ret > 0,
+        reward_reason="" if ret > 0 else "no positive return",
+        metadata={"env": cfg.env, "env_seed": str(r.env_seed), "actions": " ".join(r.actions),
+                  "invalid_replies": str(r.invalid)},
+    )
+    return score(task, episode, reward, None)
