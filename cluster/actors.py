@@ -1,0 +1,117 @@
+"""Ray at the edge: actor wrappers around the plain rollout worker and weight-sync service.
+
+Nothing here holds logic the plain classes could hold: :class:`RolloutWorkerHost` builds a worker
+from a factory and forwards to it (and to :class:`cluster.weight_sync.AdapterHost` for syncs);
+:class:`RayTransport` is the Ray implementation of :class:`cluster.weight_sync.SyncTransport`
+(``ray.put`` once, one ``sync_adapter`` call per worker actor, ``ray.wait`` with a timeout).
+
+Restarts: rollout-worker actors are created with ``max_restarts`` (default: unlimited), so Ray
+re-runs the constructor on the same handle after the process dies; the rebuilt worker serves the
+base model only until :meth:`cluster.weight_sync.WeightSyncService.catch_up` loads the current
+adapters. Calls in flight when it died fail (``max_task_retries=0``: a rollout is not idempotent)
+and the sync report lists the worker as unreachable. The service actor is not restarted: the
+payload objects it put are owned by it and die with it; the driver recreates it and republishes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import ray
+from ray.exceptions import GetTimeoutError, RayError
+
+from cluster.adapter_store import AdapterPayload
+from cluster.metrics import DuetMetrics, RaySink
+from cluster.weight_sync import AdapterHost, Probe, Servable, SyncAck, SyncFailure, SyncSite, WeightSyncService
+
+
+class RolloutWorkerLike(Servable, Protocol):
+    """A plain rollout worker: syncable (:class:`Servable`) and able to produce rollouts."""
+
+    def rollout(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class RolloutWorkerHost:
+    """Body of the rollout-worker actor. ``factory()`` builds the plain worker (engine included),
+    in the actor process, again after every restart."""
+
+    def __init__(self, factory: Callable[[], RolloutWorkerLike], worker_id: str, adapter_root: str,
+                 keep_versions: int = 3) -> None:
+        self.worker = factory()
+        site = SyncSite(worker_id, ray.get_runtime_context().get_node_id(), adapter_root, keep_versions)
+        self.adapters = AdapterHost(self.worker, site)
+
+    def rollout(self, *args: Any, **kwargs: Any) -> Any:
+        return self.worker.rollout(*args, **kwargs)
+
+    def sync_adapter(self, payload: AdapterPayload, probe: Probe) -> SyncAck:
+        """Ray resolves ``payload`` from the node's object store (fetched once per node)."""
+        return self.adapters.sync_adapter(payload, probe)
+
+    def adapter_versions(self) -> dict[str, int]:
+        return dict(self.worker.adapter_versions())
+
+    def node_id(self) -> str:
+        return self.adapters.site.node_id
+
+    def ping(self) -> str:
+        return self.adapters.site.worker_id
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"[:300]
+
+
+class RayTransport:
+    """:class:`cluster.weight_sync.SyncTransport` over rollout-worker actor handles."""
+
+    def put(self, payload: AdapterPayload) -> ray.ObjectRef:
+        return ray.put(payload)
+
+    def fanout(self, workers: Mapping[str, Any], handle: ray.ObjectRef, probe: Probe,
+               timeout_s: float) -> dict[str, SyncAck | SyncFailure]:
+        futures = {wid: w.sync_adapter.remote(handle, probe) for wid, w in workers.items()}
+        if futures:
+            ray.wait(list(futures.values()), num_returns=len(futures), timeout=timeout_s)
+        return {wid: self._answer(wid, f) for wid, f in futures.items()}
+
+    @staticmethod
+    def _answer(worker_id: str, future: ray.ObjectRef) -> SyncAck | SyncFailure:
+        try:
+            return ray.get(future, timeout=0)
+        except GetTimeoutError:
+            try:
+                ray.cancel(future)
+            except RayError:
+                pass
+            return SyncFailure(worker_id, "timeout: no answer before the sync deadline")
+        except RayError as e:
+            return SyncFailure(worker_id, f"unreachable: {_first_line(e)}")
+
+
+def rollout_worker_actor(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = -1):
+    """The rollout-worker actor class (``.options(scheduling_strategy=...).remote(factory, id, root)``)."""
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+                      max_task_retries=0)(RolloutWorkerHost)
+
+
+def start_sync_service(probe: Probe, tolerance: float = 1e-4, timeout_s: float = 120.0,
+                       num_cpus: float = 0.0, **options: Any):
+    """Start the weight-sync service actor (Ray transport, metrics exported through Ray).
+
+    The learner calls ``service.publish.remote(payload, expected_logprobs)``; Ray moves the
+    argument to the service once, whose single ``ray.put`` then feeds every worker node.
+    """
+    cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(WeightSyncService)
+    return cls.options(**options).remote(RayTransport(), probe, tolerance, timeout_s, DuetMetrics(RaySink()))
+
+
+def register_workers(service: Any, workers: Mapping[str, Any]) -> None:
+    """Register worker actors with the service actor (blocks until done)."""
+    ray.get([service.register.remote(wid, w) for wid, w in workers.items()])
+
+
+def wait_alive(handles: Sequence[Any], timeout_s: float = 60.0) -> list[str]:
+    """Ping every actor; returns their ids (raises if one is not up in ``timeout_s``)."""
+    return ray.get([h.ping.remote() for h in handles], timeout=timeout_s)

@@ -1,0 +1,296 @@
+"""Weight-sync service: publish a LoRA adapter version once, load it on every rollout worker, prove it.
+
+One sync of role R to version v::
+
+    learner --publish(payload, expected)--> WeightSyncService --transport.put(payload)--> handle
+    for every registered worker (in parallel, via the transport):
+        materialize to node-local disk -> engine.load_adapter -> engine.score(probe) -> SyncAck
+    service: ack.version == v and |ack.probe_logprobs - expected| <= tol  =>  worker proven
+    -> SyncReport(role, v, acks, latency_s, all_proven, failures)
+
+Cost with Ray (:class:`cluster.actors.RayTransport`): ``put`` is one ``ray.put``; the ObjectRef is
+then passed to every worker. Ray's object store is per node: the first worker on a node that needs
+the object pulls it from the owner's node, later workers on that node read the same local copy
+(shared memory), so bytes on the network grow with the number of *nodes*, not workers
+(``tests/test_weight_sync_ray.py`` checks with ``ray.experimental.get_object_locations`` that the
+object ends up held once on each node). Each worker still writes the files to its node's disk, but
+:func:`cluster.adapter_store.materialize` is idempotent: all workers of a node share one directory.
+
+The proof is end to end: the learner scores a fixed probe (token ids) with the adapter it exported
+and passes the log-probs with the publish; every worker scores the same probe with the version it now
+serves (``Engine.score``). Agreement within ``tolerance`` means the worker serves exactly those
+weights (vLLM CPU vs torch numerics differ by ~1e-3 in bf16; pick the tolerance accordingly).
+
+Reasoner and Observer (and "policy") are separate roles, each with its own version sequence; the
+service keeps the latest proven payload of each role so a new or restarted worker can be brought up
+to date with :meth:`WeightSyncService.catch_up`. Failures (refused payloads, probe disagreement,
+stale versions, unreachable workers) are listed in the report, never dropped.
+
+This module is plain Python (no Ray): :class:`LocalTransport` runs everything in-process for unit
+tests; the Ray actor wrappers live in :mod:`cluster.actors`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Generic, Mapping, Protocol, Sequence, TypeVar
+
+from cluster.adapter_store import AdapterPayload, gc_versions, materialize
+from cluster.metrics import DuetMetrics
+from rollout.engine.base import AdapterRef, AdapterRejected
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The fixed scoring probe of a sync: log p(target_ids | prompt_ids) under the synced adapter."""
+
+    prompt_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]
+    """(T,) scored tokens; a sync compares T log-probs per worker."""
+
+    def __post_init__(self) -> None:
+        if not self.target_ids:
+            raise ValueError("Probe.target_ids: must not be empty")
+        object.__setattr__(self, "prompt_ids", tuple(self.prompt_ids))
+        object.__setattr__(self, "target_ids", tuple(self.target_ids))
+
+
+@dataclass(frozen=True)
+class SyncAck:
+    """A worker's answer to one sync."""
+
+    worker_id: str
+    node_id: str
+    role: str
+    version: int
+    """Version of ``role`` the worker serves after the attempt (the old one if it refused)."""
+    probe_logprobs: tuple[float, ...]
+    """(T,) the probe scored with the served version; empty if the role was never loaded."""
+    load_s: float
+    """Seconds spent materializing and loading (0 if already served)."""
+    error: str = ""
+    """Why the worker refused the payload ("" when it loaded it)."""
+
+
+@dataclass(frozen=True)
+class SyncFailure:
+    """A worker that did not prove the published version, and why."""
+
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """Outcome of syncing one role to one version across the registered workers."""
+
+    role: str
+    version: int
+    acks: tuple[SyncAck, ...]
+    latency_s: float
+    """From the start of the publish to the last answer (or timeout)."""
+    all_proven: bool
+    """Every targeted worker answered, serves ``version`` and agreed on the probe."""
+    failures: tuple[SyncFailure, ...] = ()
+
+    @property
+    def proven(self) -> tuple[str, ...]:
+        """Ids of the workers that proved the version."""
+        failed = {f.worker_id for f in self.failures}
+        return tuple(a.worker_id for a in self.acks if a.worker_id not in failed)
+
+
+class Servable(Protocol):
+    """What a worker must offer to be synced (a rollout worker, or an engine directly)."""
+
+    def load_adapter(self, ref: AdapterRef) -> None: ...
+
+    def adapter_versions(self) -> Mapping[str, int]: ...
+
+    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int], adapter: str | None) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class SyncSite:
+    """Where a worker runs and keeps adapters."""
+
+    worker_id: str
+    node_id: str
+    adapter_root: str
+    """Node-local directory shared by the workers of the node (see :mod:`cluster.adapter_store`)."""
+    keep_versions: int = 3
+    """Versions per role kept on disk (>= 2 when workers share a node)."""
+
+
+def apply_payload(target: Servable, payload: AdapterPayload, probe: Probe, site: SyncSite,
+                  clock: Callable[[], float] = time.perf_counter) -> SyncAck:
+    """Worker side of a sync: materialize, load (unless already served), probe, acknowledge.
+
+    A refused payload (:class:`AdapterRejected`: checksum, rank, older version) is reported in the
+    ack's ``error``; the worker keeps serving its previous version.
+    """
+    t0, error = clock(), ""
+    if target.adapter_versions().get(payload.role, 0) != payload.version:
+        try:
+            target.load_adapter(materialize(payload, site.adapter_root))
+        except AdapterRejected as e:
+            error = str(e)
+        gc_versions(site.adapter_root, payload.role, site.keep_versions)
+    load_s = clock() - t0
+    version = target.adapter_versions().get(payload.role, 0)
+    logprobs = target.score(probe.prompt_ids, probe.target_ids, payload.role) if version else []
+    return SyncAck(site.worker_id, site.node_id, payload.role, version, tuple(logprobs), load_s, error)
+
+
+class AdapterHost:
+    """A :class:`Servable` at a :class:`SyncSite`: what a worker process holds to answer syncs."""
+
+    def __init__(self, target: Servable, site: SyncSite) -> None:
+        self.target = target
+        self.site = site
+
+    def sync_adapter(self, payload: AdapterPayload, probe: Probe) -> SyncAck:
+        return apply_payload(self.target, payload, probe, self.site)
+
+
+W = TypeVar("W")
+
+
+class SyncTransport(Protocol[W]):
+    """Moves a payload to workers of type ``W`` and collects their acks."""
+
+    def put(self, payload: AdapterPayload) -> object:
+        """Store the payload once; return a handle every worker can fetch it by."""
+        ...
+
+    def fanout(self, workers: Mapping[str, W], handle: object, probe: Probe,
+               timeout_s: float) -> dict[str, SyncAck | SyncFailure]:
+        """Ask every worker to sync to the payload behind ``handle``; one answer per worker id."""
+        ...
+
+
+class LocalTransport:
+    """In-process transport over :class:`AdapterHost`-like objects (unit tests, single process)."""
+
+    def put(self, payload: AdapterPayload) -> object:
+        return payload
+
+    def fanout(self, workers: Mapping[str, AdapterHost], handle: object, probe: Probe,
+               timeout_s: float) -> dict[str, SyncAck | SyncFailure]:
+        out: dict[str, SyncAck | SyncFailure] = {}
+        for wid, worker in workers.items():
+            try:
+                out[wid] = worker.sync_adapter(handle, probe)
+            except Exception as e:  # a crashing worker is reported, not fatal to the sync
+                out[wid] = SyncFailure(wid, f"unreachable: {type(e).__name__}: {e}")
+        return out
+
+
+@dataclass(frozen=True)
+class _Latest:
+    role: str
+    version: int
+    handle: object
+    """Transport handle of the payload (the service keeps no other copy of the bytes)."""
+    expected: tuple[float, ...]
+
+
+def judge(answer: SyncAck | SyncFailure, version: int, expected: Sequence[float],
+          tolerance: float) -> SyncFailure | None:
+    """None if ``answer`` proves ``version`` (served, probe within ``tolerance``), else the failure."""
+    if isinstance(answer, SyncFailure):
+        return answer
+    wid = answer.worker_id
+    if answer.error:
+        return SyncFailure(wid, f"rejected (serves v{answer.version}): {answer.error}")
+    if answer.version != version:
+        return SyncFailure(wid, f"stale: serves v{answer.version}, expected v{version}")
+    if len(answer.probe_logprobs) != len(expected):
+        return SyncFailure(wid, f"probe length {len(answer.probe_logprobs)} != expected {len(expected)}")
+    diff = max(abs(a - b) for a, b in zip(answer.probe_logprobs, expected))
+    if diff > tolerance:
+        return SyncFailure(wid, f"probe mismatch: max |logprob diff| {diff:.3g} > tolerance {tolerance:.3g}")
+    return None
+
+
+class WeightSyncService(Generic[W]):
+    """Publishes adapter versions to registered workers and proves each worker serves them.
+
+    Plain class; :mod:`cluster.actors` runs it as a Ray actor with a Ray transport. Not thread-safe:
+    one sync at a time (a Ray actor serializes calls).
+    """
+
+    def __init__(self, transport: SyncTransport[W], probe: Probe, tolerance: float = 1e-4,
+                 timeout_s: float = 120.0, metrics: DuetMetrics | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.transport = transport
+        self.probe = probe
+        self.tolerance = tolerance
+        self.timeout_s = timeout_s
+        self.metrics = metrics or DuetMetrics()
+        self.clock = clock
+        self._workers: dict[str, W] = {}
+        self._served: dict[str, dict[str, int]] = {}
+        self._latest: dict[str, _Latest] = {}
+
+    def register(self, worker_id: str, worker: W) -> None:
+        """Add (or replace) a worker; call :meth:`catch_up` to bring it to the current versions."""
+        self._workers[worker_id] = worker
+        self._served.setdefault(worker_id, {})
+
+    def unregister(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+        self._served.pop(worker_id, None)
+
+    def get_probe(self) -> Probe:
+        """The probe the learner must score to compute ``expected_logprobs``."""
+        return self.probe
+
+    def publish(self, payload: AdapterPayload, expected_logprobs: Sequence[float]) -> SyncReport:
+        """Sync every registered worker to ``payload``; it becomes the role's latest version once at
+        least one worker proved it (a payload every worker refused is not kept for catch-up)."""
+        t0 = self.clock()
+        latest = _Latest(payload.role, payload.version, self.transport.put(payload), tuple(expected_logprobs))
+        report = self._sync(latest, self._workers, t0)
+        if report.proven:
+            self._latest[payload.role] = latest
+            self.metrics.adapter_version(payload.role, payload.version)
+        return report
+
+    def catch_up(self, worker_id: str) -> list[SyncReport]:
+        """Bring one worker to the latest version of every role (one report per role)."""
+        worker = {worker_id: self._workers[worker_id]}
+        return [self._sync(latest, worker, self.clock()) for _, latest in sorted(self._latest.items())]
+
+    def _sync(self, latest: _Latest, workers: Mapping[str, W], t0: float) -> SyncReport:
+        answers = self.transport.fanout(workers, latest.handle, self.probe, self.timeout_s)
+        version, role = latest.version, latest.role
+        failures = []
+        for wid in workers:
+            answer = answers.get(wid, SyncFailure(wid, "no answer"))
+            failure = judge(answer, version, latest.expected, self.tolerance)
+            self._record(wid, role, answer)
+            failures += [failure] if failure else []
+        latency = self.clock() - t0
+        self.metrics.sync_latency(role, latency)
+        acks = tuple(a for a in answers.values() if isinstance(a, SyncAck))
+        return SyncReport(role, version, acks, latency, not failures, tuple(failures))
+
+    def _record(self, worker_id: str, role: str, answer: SyncAck | SyncFailure) -> None:
+        if isinstance(answer, SyncAck):
+            self._served.setdefault(worker_id, {})[role] = answer.version
+        else:  # unknown state: forget what we believed it served
+            self._served[worker_id] = {}
+
+    def served_versions(self) -> dict[str, dict[str, int]]:
+        """worker id -> role -> version it acknowledged serving (as last reported)."""
+        return {w: dict(v) for w, v in self._served.items()}
+
+    def latest_versions(self) -> dict[str, int]:
+        """role -> latest proven version."""
+        return {r: latest.version for r, latest in self._latest.items()}
+
+    def latest_handle(self, role: str) -> object:
+        """Transport handle of the role's latest payload (a Ray ObjectRef under Ray)."""
+        return self._latest[role].handle

@@ -1,0 +1,275 @@
+"""Adapter store (atomic, idempotent, concurrent materialize; checksum; GC) and the weight-sync
+service over the in-process transport with fake engines."""
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.adapter_store import (
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, STABLE, AdapterPayload, gc_versions, materialize, stable_versions,
+)
+from cluster.metrics import DuetMetrics, Recorder
+from cluster.weight_sync import (
+    AdapterHost, LocalTransport, Probe, SyncAck, SyncFailure, SyncSite, WeightSyncService, apply_payload,
+)
+from rollout.engine.base import AdapterRejected
+from rollout.engine.fake import FakeEngine
+
+pytestmark = pytest.mark.unit
+
+WEIGHTS = b"\x00weights-v1" * 1000
+
+
+def payload(role="policy", version=1, weights=WEIGHTS, sha=None):
+    files = {ADAPTER_CONFIG: json.dumps({"r": 8}).encode(), ADAPTER_WEIGHTS: weights}
+    sha = sha or hashlib.sha256(weights).hexdigest()
+    return AdapterPayload(role, version, sha, "tiny-vlm", files)
+
+
+def corrupt(p: AdapterPayload) -> AdapterPayload:
+    """Same identity (role, version, sha256) with one flipped byte: what a bad transfer delivers."""
+    bad = bytearray(p.files[ADAPTER_WEIGHTS])
+    bad[0] ^= 0xFF
+    return AdapterPayload(p.role, p.version, p.sha256, p.base_model, {**p.files, ADAPTER_WEIGHTS: bytes(bad)})
+
+
+# ---------------------------------------------------------------- payload and store
+
+
+def test_build_computes_checksum_and_dirname():
+    p = AdapterPayload.build("observer", 3, "m", {ADAPTER_CONFIG: b"{}", ADAPTER_WEIGHTS: b"abc"})
+    # sha256("abc") is the FIPS 180-2 test vector ba7816bf...
+    assert p.sha256 == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert p.dirname == "v3-ba7816bf8f01"
+    assert p.nbytes == 2 + 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(role="critic"), "role"),
+    (dict(version=0), "version"),
+    (dict(sha="XYZ"), "sha256"),
+])
+def test_payload_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        payload(**kwargs)
+
+
+def test_payload_requires_both_peft_files_and_plain_names():
+    with pytest.raises(ValueError, match="missing"):
+        AdapterPayload("policy", 1, "0" * 64, "m", {ADAPTER_WEIGHTS: b""})
+    with pytest.raises(ValueError, match="plain file names"):
+        AdapterPayload("policy", 1, "0" * 64, "m", {ADAPTER_CONFIG: b"", ADAPTER_WEIGHTS: b"", "../x": b""})
+
+
+def test_materialize_writes_stable_directory(tmp_path):
+    p = payload()
+    ref = materialize(p, tmp_path)
+    d = tmp_path / "policy" / p.dirname
+    assert (ref.name, ref.version, ref.path, ref.sha256) == ("policy", 1, str(d), p.sha256)
+    assert sorted(os.listdir(d)) == sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS, STABLE])
+    assert (d / ADAPTER_WEIGHTS).read_bytes() == WEIGHTS
+    assert json.loads((d / STABLE).read_text())["sha256"] == p.sha256
+    assert os.listdir(tmp_path / "policy") == [p.dirname]  # no temporary directory left
+
+
+def test_checksum_mismatch_rejected_and_nothing_written(tmp_path):
+    with pytest.raises(AdapterRejected, match="sha256"):
+        materialize(corrupt(payload()), tmp_path)
+    assert not (tmp_path / "policy").exists()
+
+
+def test_materialize_is_idempotent(tmp_path):
+    p = payload()
+    first = materialize(p, tmp_path)
+    stamp = os.stat(Path(first.path) / STABLE).st_mtime_ns
+    assert materialize(p, tmp_path) == first
+    assert os.stat(Path(first.path) / STABLE).st_mtime_ns == stamp  # reused, not rewritten
+
+
+def test_damaged_directory_is_rebuilt(tmp_path):
+    p = payload()
+    d = Path(materialize(p, tmp_path).path)
+    (d / ADAPTER_WEIGHTS).write_bytes(b"bit rot")
+    materialize(p, tmp_path)
+    assert (d / ADAPTER_WEIGHTS).read_bytes() == WEIGHTS
+
+
+def test_concurrent_threads_materialize_one_directory(tmp_path):
+    # 8 threads released together by a barrier, on 10 versions: every version ends as exactly one
+    # complete directory with the published bytes, and every thread got the same ref.
+    for version in range(1, 11):
+        p = payload(version=version, weights=WEIGHTS * version)
+        barrier, refs = threading.Barrier(8), []
+
+        def work():
+            barrier.wait()
+            refs.append(materialize(p, tmp_path))
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert len(refs) == 8 and len(set(refs)) == 1
+        assert (Path(refs[0].path) / ADAPTER_WEIGHTS).read_bytes() == WEIGHTS * version
+        assert (Path(refs[0].path) / STABLE).is_file()
+    expected = sorted(payload(version=v, weights=WEIGHTS * v).dirname for v in range(1, 11))
+    assert sorted(os.listdir(tmp_path / "policy")) == expected
+
+
+def _materialize_in_child(args):
+    root, version = args
+    return materialize(payload(version=version), root).path
+
+
+def test_concurrent_processes_materialize_one_directory(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        paths = pool.map(_materialize_in_child, [(str(tmp_path), 1)] * 8)
+    assert set(paths) == {str(tmp_path / "policy" / payload().dirname)}
+    assert os.listdir(tmp_path / "policy") == [payload().dirname]
+    assert (Path(paths[0]) / ADAPTER_WEIGHTS).read_bytes() == WEIGHTS
+
+
+def test_gc_keeps_newest_k_and_removes_stale_temporaries(tmp_path):
+    for v in range(1, 6):
+        materialize(payload(version=v), tmp_path)
+    leftover = tmp_path / "policy" / ".tmp-v9-000000000000-1-abc"
+    leftover.mkdir()
+    assert gc_versions(tmp_path, "policy", keep=2, stale_s=3600) == [payload(version=v).dirname for v in (1, 2, 3)]
+    assert [v for v, _ in stable_versions(tmp_path, "policy")] == [4, 5]
+    assert leftover.exists()  # younger than stale_s: may belong to a live writer
+    assert gc_versions(tmp_path, "policy", keep=2, stale_s=0) == [leftover.name]
+    assert sorted(os.listdir(tmp_path / "policy")) == [payload(version=v).dirname for v in (4, 5)]
+    with pytest.raises(ValueError):
+        gc_versions(tmp_path, "policy", keep=0)
+
+
+# ---------------------------------------------------------------- worker side and service
+
+PROBE = Probe(prompt_ids=(1, 2, 3), target_ids=(40, 41))
+
+
+def fake_logprobs(version, n=2):
+    """FakeEngine.score: log(1/102) - 0.01 * version per target token (102 = its vocabulary size)."""
+    return [-math.log(102) - 0.01 * version] * n
+
+
+def host(tmp_path, wid, node="node-a"):
+    return AdapterHost(FakeEngine(lambda *a: "x"), SyncSite(wid, node, str(tmp_path / node)))
+
+
+class CorruptingHost(AdapterHost):
+    """A worker whose incoming payloads are damaged in transit."""
+
+    def sync_adapter(self, p, probe):
+        return super().sync_adapter(corrupt(p), probe)
+
+
+class DeadHost(AdapterHost):
+    def sync_adapter(self, p, probe):
+        raise ConnectionError("worker process died")
+
+
+def service(hosts, recorder=None, **kw):
+    svc = WeightSyncService(LocalTransport(), PROBE, tolerance=1e-6, metrics=DuetMetrics(recorder or Recorder()), **kw)
+    for h in hosts:
+        svc.register(h.site.worker_id, h)
+    return svc
+
+
+def test_apply_payload_acks_with_probe_and_skips_reload(tmp_path):
+    h = host(tmp_path, "w0")
+    ack = apply_payload(h.target, payload(version=2), PROBE, h.site)
+    # -log(102) - 0.02 = -4.624972813284271 - 0.02 = -4.644972813284271
+    assert ack.probe_logprobs == pytest.approx((-4.644972813284271,) * 2)
+    assert (ack.worker_id, ack.node_id, ack.role, ack.version, ack.error) == ("w0", "node-a", "policy", 2, "")
+    again = apply_payload(h.target, payload(version=2), PROBE, h.site)  # catch-up of a current worker
+    assert (again.version, again.error) == (2, "")  # FakeEngine would reject a reload of v2
+
+
+def test_publish_proves_every_worker_per_role(tmp_path):
+    hosts = [host(tmp_path, f"w{i}", node=f"node-{i % 2}") for i in range(3)]
+    rec = Recorder()
+    svc = service(hosts, rec)
+    r1 = svc.publish(payload(version=1), fake_logprobs(1))
+    r2 = svc.publish(payload(version=2, weights=b"v2"), fake_logprobs(2))
+    ro = svc.publish(payload("observer", 1), fake_logprobs(1))
+    for report, role, version in ((r1, "policy", 1), (r2, "policy", 2), (ro, "observer", 1)):
+        assert report.all_proven and report.failures == ()
+        assert (report.role, report.version) == (role, version)
+        assert sorted(a.worker_id for a in report.acks) == ["w0", "w1", "w2"]
+        assert all(a.probe_logprobs == pytest.approx(fake_logprobs(version)) for a in report.acks)
+    assert svc.served_versions() == {f"w{i}": {"policy": 2, "observer": 1} for i in range(3)}
+    assert svc.latest_versions() == {"policy": 2, "observer": 1}
+    # workers on one node share one directory per version; GC keeps 3 per role
+    assert [v for v, _ in stable_versions(tmp_path / "node-0", "policy")] == [1, 2]
+    assert rec.latest("duet_adapter_version", role="policy") == 2.0
+    assert rec.latest("duet_sync_latency_s", role="observer") == ro.latency_s
+
+
+def test_corrupt_payload_refused_and_reported(tmp_path):
+    good = [host(tmp_path, "w0"), host(tmp_path, "w1")]
+    bad = CorruptingHost(FakeEngine(lambda *a: "x"), SyncSite("w2", "node-b", str(tmp_path / "node-b")))
+    svc = service([*good])
+    svc.publish(payload(version=1), fake_logprobs(1))
+    svc.register("w2", bad)
+    report = svc.publish(payload(version=2, weights=b"v2"), fake_logprobs(2))
+    assert not report.all_proven and report.proven == ("w0", "w1")
+    [failure] = report.failures
+    assert failure.worker_id == "w2" and failure.reason.startswith("rejected (serves v0)") and "sha256" in failure.reason
+    assert svc.served_versions()["w2"] == {"policy": 0}
+
+
+def test_every_worker_refusing_keeps_previous_latest(tmp_path):
+    svc = service([host(tmp_path, "w0"), host(tmp_path, "w1")])
+    svc.publish(payload(version=1), fake_logprobs(1))
+    report = svc.publish(corrupt(payload(version=2, weights=b"v2")), fake_logprobs(2))
+    assert [f.worker_id for f in report.failures] == ["w0", "w1"]
+    assert all(a.version == 1 and a.probe_logprobs == pytest.approx(fake_logprobs(1)) for a in report.acks)
+    assert svc.latest_versions() == {"policy": 1}
+
+
+def test_probe_disagreement_and_dead_worker_are_failures(tmp_path):
+    dead = DeadHost(FakeEngine(lambda *a: "x"), SyncSite("w9", "n", str(tmp_path)))
+    svc = service([host(tmp_path, "w0"), dead])
+    report = svc.publish(payload(version=1), fake_logprobs(2))  # learner claims v2's numbers
+    reasons = {f.worker_id: f.reason for f in report.failures}
+    # |(-log 102 - 0.01) - (-log 102 - 0.02)| = 0.01
+    assert reasons["w0"] == "probe mismatch: max |logprob diff| 0.01 > tolerance 1e-06"
+    assert reasons["w9"] == "unreachable: ConnectionError: worker process died"
+    assert svc.latest_versions() == {}
+
+
+def test_catch_up_brings_new_worker_to_latest_of_each_role(tmp_path):
+    svc = service([host(tmp_path, "w0")])
+    svc.publish(payload(version=1), fake_logprobs(1))
+    svc.publish(payload(version=2, weights=b"v2"), fake_logprobs(2))
+    svc.publish(payload("observer", 1), fake_logprobs(1))
+    fresh = host(tmp_path, "w1", node="node-b")
+    svc.register("w1", fresh)
+    reports = svc.catch_up("w1")
+    assert [(r.role, r.version, r.all_proven) for r in reports] == [("observer", 1, True), ("policy", 2, True)]
+    assert fresh.target.adapter_versions() == {"policy": 2, "observer": 1}
+    assert svc.served_versions()["w1"] == {"policy": 2, "observer": 1}
+
+
+def test_sync_latency_uses_injected_clock(tmp_path):
+    ticks = iter([10.0, 10.25])  # publish start, after the last answer
+    rec = Recorder()
+    svc = service([host(tmp_path, "w0")], rec, clock=lambda: next(ticks))
+    report = svc.publish(payload(version=1), fake_logprobs(1))
+    assert report.latency_s == 0.25
+    assert rec.latest("duet_sync_latency_s", role="policy") == 0.25
+
+
+def test_report_types():
+    ack = SyncAck("w", "n", "policy", 1, (0.0,), 0.1)
+    assert ack.error == "" and SyncFailure("w", "x").reason == "x"
+    with pytest.raises(ValueError):
+        Probe((1,), ())
