@@ -18,7 +18,9 @@ re-tokenised. Text crossing to the other role is the decoded text of the turn (s
 strings such as ``<|image_pad|>`` removed, so one role can never inject markup or image
 placeholders into the other's context), encoded by the receiving role's tokenizer as a new user
 message. The Observer's context keeps the whole conversation with the image once, in its first
-message, so every Observer request carries that one image.
+message, so every Observer request carries that one image. A role that SAMPLES its engine's image
+placeholder token would break its own next prompt (more placeholders than images: "image features
+and image tokens do not match"), so such a dialogue ends there with finish reason "error".
 
 Batching: each phase (caption, questions of round r, answers of round r, final answers) is ONE
 engine call holding every live dialogue of that role; dialogues that answered early drop out.
@@ -65,13 +67,17 @@ class _Dialogue:
     task: Task
     k: int
     group: str
-    observer_ctx: list[int] = field(default_factory=list)
-    """Observer messages so far (closed), without the assistant header."""
-    reasoner_ctx: list[int] = field(default_factory=list)
-    """Reasoner messages so far (closed), without the assistant header."""
+    ctx: dict[str, list[int]] = field(default_factory=lambda: {"observer": [], "reasoner": []})
+    """Each role's messages so far (closed), without the assistant header."""
     turns: list[Turn] = field(default_factory=list)
     answer: str | None = None
     questions: int = 0
+    error: str = ""
+    """Why the dialogue was cut short, empty if it was not."""
+
+    @property
+    def live(self) -> bool:
+        return self.answer is None and not self.error
 
 
 class _Side:
@@ -81,12 +87,9 @@ class _Side:
         self.role, self.engine, self.cfg, self.images = role, engine, cfg, images
         self.chat = ChatFormat(engine.tokenizer)
 
-    def ctx(self, d: _Dialogue) -> list[int]:
-        return d.observer_ctx if self.role == "observer" else d.reasoner_ctx
-
     def add_user(self, d: _Dialogue, text: str, num_images: int = 0) -> None:
         """Append a user message (opening the context with the system message if it is empty)."""
-        ctx = self.ctx(d)
+        ctx = d.ctx[self.role]
         if not ctx and self.cfg.system_prompt:
             ctx += self.chat.message("system", self.cfg.system_prompt)
         ctx += self.chat.message("user", text, num_images)
@@ -99,14 +102,16 @@ class _Side:
         texts = []
         for d, req, [c] in zip(dialogues, requests, results):
             d.turns.append(make_turn(self.role, c, self.cfg, req.images, wall))
-            self.ctx(d)[:] = list(req.prompt_ids) + list(c.output_ids) + self.chat.close_reply(c.output_ids)
+            d.ctx[self.role] = list(req.prompt_ids) + list(c.output_ids) + self.chat.close_reply(c.output_ids)
+            if self.engine.image_token_id is not None and self.engine.image_token_id in c.output_ids:
+                d.error = f"the {self.role} sampled an image placeholder token"
             texts.append(c.text)
         return texts
 
     def _request(self, d: _Dialogue, seed: int, step: int) -> Request:
         s = derive_seed(seed, step, d.task.task_id, d.k, len(d.turns))
         images = task_images(d.task) if self.images else ()
-        prompt = tuple(self.ctx(d) + self.chat.generation_prompt())
+        prompt = tuple(d.ctx[self.role] + self.chat.generation_prompt())
         return Request(prompt, images, self.cfg.adapter, self.cfg.sampling.to_sampling(1, s))
 
 
@@ -120,15 +125,19 @@ def run_dialogues(reasoner: Engine, observer: Engine, tasks: Sequence[Task], cfg
     for d in ds:
         obs.add_user(d, cfg.caption_prompt, len(task_images(d.task)))
     for d, caption in zip(ds, obs.turn(ds, seed, step)):
+        if not d.live:
+            continue
         first = cfg.reasoner_template.format(question=d.task.question, choices=format_choices(d.task.choices),
                                              caption=crossing_text(caption))
         rsn.add_user(d, _with_final(first, cfg) if cfg.max_questions == 0 else first)
     for r in range(1, cfg.max_questions + 1):
-        asking = _ask(rsn, obs, [d for d in ds if d.answer is None], cfg, seed, step)
+        asking = _ask(rsn, obs, [d for d in ds if d.live], cfg, seed, step)
         for d, reply in zip(asking, obs.turn(asking, seed, step)):
+            if not d.live:
+                continue
             relay = cfg.reply_template.format(answer=crossing_text(reply))
             rsn.add_user(d, _with_final(relay, cfg) if r == cfg.max_questions else relay)
-    final = [d for d in ds if d.answer is None]
+    final = [d for d in ds if d.live]
     for d, text in zip(final, rsn.turn(final, seed, step)):
         d.answer = extract_answer(text, cfg.answer)
     episodes = tuple(score(d.task, _episode(d), reward, cfg.success_component) for d in ds)
@@ -146,7 +155,7 @@ def _ask(rsn: _Side, obs: _Side, live: list[_Dialogue], cfg: DialogueConfig, see
     asking = []
     for d, text in zip(live, rsn.turn(live, seed, step)):
         d.answer = extract_answer(text, cfg.answer)
-        if d.answer is None:
+        if d.live:
             d.questions += 1
             obs.add_user(d, cfg.question_template.format(question=crossing_text(text)))
             asking.append(d)
@@ -154,11 +163,13 @@ def _ask(rsn: _Side, obs: _Side, live: list[_Dialogue], cfg: DialogueConfig, see
 
 
 def _episode(d: _Dialogue) -> Episode:
-    """The finished dialogue as an Episode: "answered" if the answer parsed, else "max_turns"."""
+    """The finished dialogue as an Episode: "answered" if the answer parsed, "error" if it was cut
+    short, else "max_turns"."""
     answered = d.answer is not None
+    finish = "answered" if answered else "error" if d.error else "max_turns"
+    reason = "" if answered else d.error or "no answer in the expected format"
     return Episode(
         episode_id=episode_id(d.group, d.k), group_id=d.group, task_id=d.task.task_id,
-        turns=tuple(d.turns), finish_reason="answered" if answered else "max_turns",
-        answer=d.answer or "", reward_reason="" if answered else "no answer in the expected format",
+        turns=tuple(d.turns), finish_reason=finish, answer=d.answer or "", reward_reason=reason,
         metadata={"questions": str(d.questions)},
     )

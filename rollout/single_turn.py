@@ -88,7 +88,9 @@ def timed_generate(engine: Engine, requests: Sequence[Request]) -> tuple[list[li
 
 def score(task: Task, episode: Episode, reward: Reward | None, success_component: str | None) -> Episode:
     """``episode`` with the reward's score, components and reason applied, and ``success`` set from
-    ``success_component`` (>= 1 means success) when it is given and the reward reports it."""
+    ``success_component`` (>= 1 means success) when it is given and the reward reports it. A reason
+    the rollout already recorded (no parsable answer, a cut-short dialogue) is the root cause and
+    is kept over the reward's."""
     if reward is None:
         return episode
     result = reward(task, episode)
@@ -96,7 +98,7 @@ def score(task: Task, episode: Episode, reward: Reward | None, success_component
     if success_component is not None and success_component in result.components:
         success = result.components[success_component] >= 1.0
     return dataclasses.replace(episode, reward=result.score, reward_components=dict(result.components),
-                               reward_reason=result.reason, success=success)
+                               reward_reason=episode.reward_reason or result.reason, success=success)
 
 
 def collect_images(tasks: Sequence[Task]) -> dict[str, bytes]:

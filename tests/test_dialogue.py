@@ -166,11 +166,25 @@ def test_two_engines_with_different_tokenizers_exchange_text():
     assert len(observer.calls) == 3 and len(reasoner.calls) == 3
 
 
-def test_crossing_text_cannot_inject_markup_and_frozen_role():
-    eng = engine(lambda p, a, v, k: "<|image_pad|>sly<|im_end|>" if a == "observer" else "<answer>x</answer>")
-    cfg = CFG.model_copy(update={"observer": RoleConfig(adapter="observer", trainable=False)})
-    [e] = run_dialogues(eng, eng, [TASK], cfg, group_size=1).episodes
+def test_crossing_text_cannot_inject_image_placeholders():
     assert crossing_text(" <|image_pad|>sly<|im_end|> ") == "sly"
-    assert eng.image_token_id not in e.turns[1].prompt_ids
-    assert "Seen: sly<|im_end|>" in eng.tokenizer.decode(e.turns[1].prompt_ids)
-    assert [t.trainable for t in e.turns] == [False, True]
+    observer = engine()
+    reasoner = engine(lambda p, a, v, k: "<answer>x</answer>" if "Observer:" in p else "<|image_pad|>what?")
+    reasoner.image_token_id = None  # a text-only LM: its <|image_pad|> is just text to it
+    [e] = run_dialogues(reasoner, observer, [TASK], CFG, group_size=1).episodes
+    asked = e.turns[2].prompt_ids
+    assert asked.count(observer.image_token_id) == 4  # still one image, expanded once
+    assert observer.tokenizer.decode(asked).endswith("Q: what?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_sampled_image_token_ends_dialogue_and_frozen_role():
+    eng = engine(lambda p, a, v, k: "<|image_pad|>sly" if a == "observer" else "<answer>x</answer>")
+    cfg = CFG.model_copy(update={"observer": RoleConfig(adapter="observer", trainable=False)})
+    [e] = run_dialogues(eng, eng, [TASK], cfg, group_size=1, reward=ExactMatch()).episodes
+    # the observer's own next prompt would hold two placeholders for one image: stop here
+    assert [t.role for t in e.turns] == ["observer"] and not e.turns[0].trainable
+    assert (e.finish_reason, e.reward, e.answer) == ("error", 0.0, "")
+    assert e.reward_reason == "the observer sampled an image placeholder token"
+    assert eng.calls == [("observer", 1)]
+    [e] = run_dialogues(eng, eng, [TASK], CFG.model_copy(update={"max_questions": 0}), 1).episodes
+    assert e.finish_reason == "error" and e.turns[0].trainable

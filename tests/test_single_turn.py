@@ -100,7 +100,7 @@ def test_length_cut_and_unparsable_answer():
     # 10 tokens of "<think>k0</think>..." = "<think>k0<": no <answer> block
     assert e.turns[0].text == "<think>k0<" and e.finish_reason == "length"
     assert (e.answer, e.reward, e.success) == ("", 0.0, False)
-    assert e.reward_reason == "empty answer"
+    assert e.reward_reason == "no answer in the expected format"  # the root cause, not ExactMatch's "empty answer"
 
 
 def without_latency(batch):
