@@ -1,0 +1,110 @@
+"""Random-init Qwen2-VL, Qwen2.5-VL and Qwen2 text models written as Hugging Face directories.
+
+The configs follow Qwen/Qwen2-VL-2B-Instruct and Qwen/Qwen2.5-VL-3B-Instruct (``config.json``)
+with every width shrunk to a :mod:`deploy.offline_models.presets` preset; the weights are
+transformers' own initialisation under a fixed torch seed, saved as float32 safetensors, so the
+same preset gives byte-identical files on every machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+
+from deploy.offline_models.presets import ImagePreset, TextLmPreset, TextPreset, VisionPreset, VlmPreset
+
+
+def _token_ids(tok: PreTrainedTokenizerFast) -> dict[str, int]:
+    """The special ids a Qwen config names, read from the tokenizer."""
+    ids = tok.convert_tokens_to_ids
+    return {"bos_token_id": ids("<|endoftext|>"), "eos_token_id": ids("<|im_end|>"),
+            "pad_token_id": ids("<|endoftext|>")}
+
+
+def text_config(p: TextPreset, tok: PreTrainedTokenizerFast, mrope: bool) -> dict:
+    """Keyword arguments of a Qwen2 decoder config for preset ``p`` (M-RoPE sections if ``mrope``)."""
+    rope = {"rope_type": "default", "rope_theta": 1000000.0}
+    if mrope:
+        rope["mrope_section"] = p.mrope_section
+    return dict(
+        vocab_size=len(tok), hidden_size=p.hidden_size, intermediate_size=p.intermediate_size,
+        num_hidden_layers=p.num_layers, num_attention_heads=p.num_heads,
+        num_key_value_heads=p.num_kv_heads, max_position_embeddings=p.max_position_embeddings,
+        rms_norm_eps=1e-6, rope_parameters=rope, tie_word_embeddings=False, **_token_ids(tok),
+    )
+
+
+def vision_config(arch: str, v: VisionPreset, out_hidden: int) -> dict:
+    """Vision tower config; Qwen2.5-VL names the widths differently and adds window attention."""
+    common = dict(depth=v.depth, num_heads=v.num_heads, patch_size=v.patch_size, in_channels=3,
+                  spatial_merge_size=v.spatial_merge_size, temporal_patch_size=v.temporal_patch_size)
+    if arch == "qwen2_vl":
+        return dict(common, embed_dim=v.embed_dim, hidden_size=out_hidden, mlp_ratio=v.mlp_dim // v.embed_dim)
+    window = 4 * v.patch_size * v.spatial_merge_size  # Qwen2.5-VL: 112 px = 4 merged tokens a side
+    return dict(common, hidden_size=v.embed_dim, intermediate_size=v.mlp_dim, out_hidden_size=out_hidden,
+                window_size=window, fullatt_block_indexes=[v.depth - 1], tokens_per_second=2)
+
+
+def vlm_config(p: VlmPreset, tok: PreTrainedTokenizerFast) -> Qwen2VLConfig | Qwen2_5_VLConfig:
+    """The full VLM config: text + vision + the vision token ids of ``tok``."""
+    cls = Qwen2VLConfig if p.arch == "qwen2_vl" else Qwen2_5_VLConfig
+    ids = tok.convert_tokens_to_ids
+    return cls(
+        text_config=text_config(p.text, tok, mrope=True),
+        vision_config=vision_config(p.arch, p.vision, p.text.hidden_size),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+
+
+def vlm_processor(v: VisionPreset, img: ImagePreset, tok: PreTrainedTokenizerFast) -> Qwen2VLProcessor:
+    """Qwen2-VL processor (also Qwen2.5-VL's image pipeline) with the preset's pixel bounds."""
+    shape = dict(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+                 temporal_patch_size=v.temporal_patch_size,
+                 size={"shortest_edge": img.min_pixels, "longest_edge": img.max_pixels})
+    return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(**shape), tokenizer=tok,
+                            video_processor=Qwen2VLVideoProcessor(**shape), chat_template=tok.chat_template)
+
+
+def _init(cls: type[PreTrainedModel], config, seed: int) -> PreTrainedModel:
+    """``cls(config)`` in float32 with the global torch RNG seeded (transformers' own init)."""
+    torch.manual_seed(seed)
+    return cls(config).to(torch.float32).eval()
+
+
+def _save(model: PreTrainedModel, tok: PreTrainedTokenizerFast, out: Path) -> None:
+    model.generation_config = GenerationConfig(**_token_ids(tok))
+    model.save_pretrained(out)
+
+
+def build_vlm(p: VlmPreset, tok: PreTrainedTokenizerFast, out: Path) -> int:
+    """Write a random-init VLM directory to ``out``; returns its parameter count."""
+    cls = Qwen2VLForConditionalGeneration if p.arch == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
+    model = _init(cls, vlm_config(p, tok), p.seed)
+    _save(model, tok, out)
+    vlm_processor(p.vision, p.image, tok).save_pretrained(out)
+    return model.num_parameters()
+
+
+def build_text_lm(p: TextLmPreset, tok: PreTrainedTokenizerFast, out: Path) -> int:
+    """Write a random-init Qwen2 causal LM directory to ``out``; returns its parameter count."""
+    model = _init(Qwen2ForCausalLM, Qwen2Config(**text_config(p.text, tok, mrope=False)), p.seed)
+    _save(model, tok, out)
+    tok.save_pretrained(out)
+    return model.num_parameters()
