@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -54,33 +55,39 @@ def encode_png(observation: np.ndarray) -> bytes:
 
 
 def _prefix_len(tokenizer: Any, ids: Sequence[int], i: int) -> int:
+    """Characters decoded from ``ids[:i]`` (a token cut mid-character decodes to U+FFFD)."""
     return len(tokenizer.decode(list(ids[:i]), skip_special_tokens=True))
 
 
-def token_start(tokenizer: Any, ids: Sequence[int], char: int) -> int:
-    """Index of the token holding character ``char`` of the decoded text: the largest i with
-    ``len(decode(ids[:i])) <= char`` (binary search over prefix decodes, exact for any tokenizer
-    whose prefix decodes are prefixes of the full decode, e.g. byte-level BPE)."""
-    lo, hi = 0, len(ids)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _prefix_len(tokenizer, ids, mid) <= char:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+def _complete_len(tokenizer: Any, ids: Sequence[int], i: int, full: str) -> int:
+    """Characters of ``full`` that ``ids[:i]`` decodes completely (a trailing partial character,
+    decoded as U+FFFD, does not count)."""
+    return len(os.path.commonprefix([tokenizer.decode(list(ids[:i]), skip_special_tokens=True), full]))
 
 
-def token_end(tokenizer: Any, ids: Sequence[int], char: int) -> int:
-    """The smallest j with ``len(decode(ids[:j])) >= char`` (tokens ``[:j]`` cover ``[:char]``)."""
-    lo, hi = 0, len(ids)
+def _bisect(lo: int, hi: int, pred: Callable[[int], bool]) -> int:
+    """Smallest i in [lo, hi] with ``pred(i)`` for a monotone ``pred`` (hi if none)."""
     while lo < hi:
         mid = (lo + hi) // 2
-        if _prefix_len(tokenizer, ids, mid) >= char:
+        if pred(mid):
             hi = mid
         else:
             lo = mid + 1
     return lo
+
+
+def token_start(tokenizer: Any, ids: Sequence[int], char: int) -> int:
+    """Index of the first token holding (a byte of) character ``char`` of the decoded text: the
+    largest i with ``len(decode(ids[:i])) <= char``. Binary search over prefix decodes: O(log T)
+    decodes, valid for tokenizers whose prefix decodes are prefixes of the full decode up to a
+    trailing partial character (byte-level BPE, SentencePiece, character tokenizers)."""
+    return _bisect(0, len(ids), lambda i: _prefix_len(tokenizer, ids, i + 1) > char)
+
+
+def token_end(tokenizer: Any, ids: Sequence[int], char: int) -> int:
+    """The smallest j such that ``ids[:j]`` decodes characters ``[:char]`` completely."""
+    full = tokenizer.decode(list(ids), skip_special_tokens=True)
+    return _bisect(0, len(ids), lambda j: _complete_len(tokenizer, ids, j, full) >= char)
 
 
 def token_span(tokenizer: Any, ids: Sequence[int], span: CharSpan) -> Span:

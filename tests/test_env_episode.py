@@ -146,26 +146,32 @@ def bpe_tokenizer():
     return tok
 
 
-def test_char_to_token_span_mapping_with_bpe_is_minimal_cover():
+@pytest.mark.parametrize("text", [
+    '{"thoughts": "déjà vu: from 5 towards 3", "action": "-"}',
+    '{"thoughts": "up 🙂🙂", "action": "+"}',  # unseen 4-byte characters: one token per byte
+])
+def test_char_to_token_span_mapping_with_bpe_is_minimal_cover(text):
     tok = bpe_tokenizer()
-    text = '{"thoughts": "déjà vu: from 5 towards 3", "action": "-"}'
     ids = tok.encode(text).ids + [tok.token_to_id("<|im_end|>")]
-    assert len(ids) < len(text)  # merges happened
+    assert len(ids) != len(text)  # tokens and characters do not line up
     spans = find_reply_spans(text)
 
-    def prefix(i):
-        return len(tok.decode(ids[:i], skip_special_tokens=True))
+    def dec(a, b):
+        return tok.decode(ids[a:b], skip_special_tokens=True)
 
     for cs in (spans.thoughts, spans.action, CharSpan(0, len(text)), CharSpan(3, 4)):
         s = token_span(tok, ids, cs)
-        # covers the characters, and no smaller token range does
-        assert prefix(s.start) <= cs.start and prefix(s.end) >= cs.end
-        assert prefix(s.start + 1) > cs.start and prefix(s.end - 1) < cs.end
-        assert cs.of(text) in tok.decode(ids[s.start:s.end])
+        # the tokens decode to text containing the characters, and no smaller token range does
+        assert cs.of(text) in dec(s.start, s.end)
+        assert cs.of(text) not in dec(s.start + 1, s.end) and cs.of(text) not in dec(s.start, s.end - 1)
+    assert dec(*_bounds(token_span(tok, ids, spans.thoughts))) == spans.thoughts.of(text)
     # the whole reply maps to every token but the stop token (which decodes to no characters)
     assert token_span(tok, ids, CharSpan(0, len(text))) == Span(0, len(ids) - 1)
-    assert token_span(tok, ids, CharSpan(0, len(text))) == token_span(tok, ids[:-1], CharSpan(0, len(text)))
     cot, action = reply_token_spans(tok, ids, "rl4vlm")
     assert (cot.start, action.end) == (0, len(ids)) and cot.end == action.start
-    assert tok.decode(ids[: cot.end]) + tok.decode(ids[action.start:], skip_special_tokens=True) == text
-    assert '"action"' in tok.decode(ids[action.start:])
+    assert dec(0, cot.end) + dec(action.start, len(ids)) == text
+    assert '"action"' in dec(action.start, len(ids))
+
+
+def _bounds(span):
+    return span.start, span.end
