@@ -111,9 +111,9 @@ def reply_token_spans(tokenizer: Any, ids: Sequence[int], mode: str) -> tuple[Sp
     if mode == "rl4vlm":
         split = token_start(tokenizer, ids, spans.action_key)
         return Span(0, split), Span(split, len(ids))
-    def cover(s: CharSpan | None) -> Span | None:
-        return None if s is None else token_span(tokenizer, ids, s)
-    return cover(spans.thoughts), cover(spans.action)
+    thoughts = None if spans.thoughts is None else token_span(tokenizer, ids, spans.thoughts)
+    action = None if spans.action is None else token_span(tokenizer, ids, spans.action)
+    return thoughts, action
 
 
 # ----------------------------------------------------------------------------- episodes
