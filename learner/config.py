@@ -146,6 +146,9 @@ class AlgoConfig(_Config):
     """Scale rewards by a running std (gymnasium ``NormalizeReward`` style, seed 001)."""
     reward_clip: float | None = Field(None, gt=0.0)
     """Clip normalised rewards to ``[-reward_clip, reward_clip]``."""
+    logit_temperature: float = Field(1.0, gt=0.0)
+    """Divide logits by this before the log-softmax. Keep 1 when the sampler returns raw (pre-temperature)
+    log-probs (vLLM's default); set it to the sampling temperature when it returns processed ones."""
     epochs: int = Field(1, ge=1)
     """Passes over each batch (RL4VLM: 4)."""
     minibatches: int = Field(1, ge=1)

@@ -1,0 +1,71 @@
+"""Checkpoint / resume of a learner group: resuming gives the same next update as not stopping.
+
+Layout of one checkpoint directory (every rank calls :func:`save`)::
+
+    deepspeed/state/...     DeepSpeed: trainable weights (adapter + value head; the frozen base is
+                            excluded), each rank's optimizer partition, LR scheduler state, and the
+                            learner counters as client state
+    rng_rank<r>.pt          each rank's torch (and Python) RNG state (LoRA dropout stream)
+    learner_state.json      the learner counters, readable without torch
+    COMPLETE                written last by rank 0 after all ranks finished; :func:`load` refuses a
+                            directory without it (a crash mid-save leaves no usable half-checkpoint)
+
+The learner counters hold the train-step count (it seeds the minibatch shuffle), the SFT step
+count and the running reward-normalisation statistics. Resume needs the same world size (ZeRO
+optimizer partitions are per rank).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+__all__ = ["save", "load", "COMPLETE"]
+
+COMPLETE = "COMPLETE"
+TAG = "state"
+
+
+def rng_state() -> dict:
+    """This process's torch CPU and Python RNG states."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def save(zero, directory: str | Path, learner_state: dict, rank: int) -> str:
+    """Write a checkpoint of ``zero`` (a :class:`~learner.deepspeed_engine.ZeroEngine`) and the
+    learner counters; collective: every rank must call it."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    zero.save(d / "deepspeed", TAG, {"learner": learner_state})
+    torch.save(rng_state(), d / f"rng_rank{rank}.pt")
+    zero.barrier()
+    if rank == 0:
+        (d / "learner_state.json").write_text(json.dumps(learner_state, indent=2, sort_keys=True))
+        (d / COMPLETE).write_text("")
+    zero.barrier()
+    return str(d)
+
+
+def load(zero, directory: str | Path, rank: int, config: dict) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG; return the learner counters.
+    Raises if the checkpoint is incomplete or was written for another role."""
+    d = Path(directory)
+    if not (d / COMPLETE).exists():
+        raise FileNotFoundError(f"{d}: no {COMPLETE} marker (missing or interrupted checkpoint)")
+    state = zero.load(d / "deepspeed", TAG)["learner"]
+    saved_role = state["config"]["role"]
+    if saved_role != config["role"]:
+        raise ValueError(f"{d}: checkpoint of role {saved_role!r}, this learner trains {config['role']!r}")
+    rng_file = d / f"rng_rank{rank}.pt"
+    if not rng_file.exists():
+        raise FileNotFoundError(f"{rng_file}: checkpoint was written by a smaller world")
+    set_rng_state(torch.load(rng_file, weights_only=False))
+    return state

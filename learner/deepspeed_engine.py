@@ -1,0 +1,164 @@
+"""The only module that imports deepspeed: the data-parallel world and the ZeRO-wrapped model.
+
+* :func:`init_world` joins one torch.distributed world (gloo on CPU, NCCL on GPU) from explicit
+  rank / world size / rendezvous address -- Ray actors call it themselves (stack.md, "DeepSpeed on
+  CPU"); several learners in one process share the world.
+* :class:`ZeroEngine` wraps a :class:`~learner.model.PolicyModel` with ``deepspeed.initialize``:
+  ZeRO stage 2 or 3, fp32 or bf16, a client torch optimizer and LR schedule, gradient clipping,
+  and caller-owned gradient accumulation (``managed_gradient_accumulation: false``: each
+  ``backward`` accumulates, each ``step`` is one optimizer update, so a minibatch may have any
+  number of micro batches). ZeRO-3 needs ``stage3_param_persistence_threshold: 0`` or the small
+  LoRA matrices are never partitioned.
+* Gathering for export: every rank enters ``GatheredParameters(lora_params, modifier_rank=None)``
+  (ZeRO-3), then reads the PEFT state dict; ranks that skip it hang the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from peft import get_peft_model_state_dict
+
+from learner.config import LearnerConfig
+from learner.model import PolicyModel
+from learner.optim import make_optimizer, make_scheduler, param_groups
+
+__all__ = ["init_world", "ds_config", "ZeroEngine"]
+
+# DeepSpeed 0.19 still calls these torch.distributed names; torch 2.13 warns on every call.
+warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*", category=FutureWarning)
+
+
+def init_world(rank: int, world_size: int, master_addr: str, master_port: int, backend: str) -> None:
+    """Join (or check) the default process group of ``world_size`` ranks at ``master_addr:port``."""
+    if dist.is_initialized():
+        if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+            raise RuntimeError(f"process already in a world as rank {dist.get_rank()}/{dist.get_world_size()}, "
+                               f"asked for {rank}/{world_size}")
+        return
+    # DeepSpeed reads these in places (e.g. LOCAL_RANK for the device); set them explicitly.
+    os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", str(rank)))
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                               init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size)
+
+
+def ds_config(config: LearnerConfig, world_size: int) -> dict:
+    """DeepSpeed config dict for ``config`` (batch-size fields are bookkeeping only here)."""
+    zero = {"stage": config.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
+    if config.zero_stage == 3:
+        zero["stage3_param_persistence_threshold"] = 0
+    return {
+        "train_micro_batch_size_per_gpu": config.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": config.micro_batch_size * world_size,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": config.optim.grad_clip or 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": config.dtype == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+class ZeroEngine:
+    """A PolicyModel under DeepSpeed ZeRO: forward, backward, step, gather, checkpoint, collectives."""
+
+    def __init__(self, model: PolicyModel, config: LearnerConfig, world_size: int) -> None:
+        self.config = config
+        groups = param_groups(model, config.optim)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=groups,
+            optimizer=lambda params: make_optimizer(params, config.optim),
+            lr_scheduler=lambda opt: make_scheduler(opt, config.optim),
+            config=ds_config(config, world_size),
+        )
+
+    @property
+    def module(self) -> PolicyModel:
+        return self.engine.module
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank()
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size()
+
+    def forward(self, **kwargs) -> tuple:
+        return self.engine(**kwargs)
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate gradients of ``loss`` (already scaled by the caller; no 1/GAS scaling here)."""
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        """One optimizer + schedule step over the accumulated gradients; returns the global grad norm
+        (before clipping)."""
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ---- gathered state (every rank must call) -------------------------------------------------
+
+    def _gathered(self, params: list[torch.nn.Parameter]):
+        if self.config.zero_stage == 3:
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return contextlib.nullcontext()
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """Full PEFT adapter state dict (checkpoint names, ``base_model.model.`` prefix), on every rank."""
+        peft_model = self.module.peft_model
+        params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
+        with self._gathered(params):
+            return {k: v.detach().clone().contiguous().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+    def value_head_state(self) -> dict[str, torch.Tensor]:
+        """Full value-head state dict (empty without a value head), on every rank."""
+        head = self.module.value_head
+        if head is None:
+            return {}
+        with self._gathered(list(head.parameters())):
+            return {k: v.detach().clone().cpu() for k, v in head.state_dict().items()}
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+
+    def save(self, directory: str | Path, tag: str, client_state: dict) -> None:
+        """Trainable weights, optimizer (per-rank partitions) and scheduler state (all ranks call)."""
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state,
+                                    exclude_frozen_parameters=True)
+
+    def load(self, directory: str | Path, tag: str) -> dict:
+        """Inverse of :meth:`save`; returns the client state."""
+        _, client = self.engine.load_checkpoint(str(directory), tag=tag, load_module_strict=False)
+        if client is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
+        return client
+
+    # ---- collectives -----------------------------------------------------------------------------
+
+    def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks (returns a new tensor; float64 for exactness of scalar sums)."""
+        y = x.clone()
+        if self.world_size > 1:
+            dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
