@@ -15,31 +15,33 @@ payload objects it put are owned by it and die with it; the driver recreates it 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol, Sequence
+import os
+from typing import Any, Callable, Mapping, Sequence
 
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
 from cluster.adapter_store import AdapterPayload
 from cluster.metrics import DuetMetrics, RaySink
-from cluster.weight_sync import AdapterHost, Probe, Servable, SyncAck, SyncFailure, SyncSite, WeightSyncService
+from cluster.weight_sync import AdapterHost, Probe, SyncAck, SyncFailure, SyncSite, WeightSyncService
 
-
-class RolloutWorkerLike(Servable, Protocol):
-    """A plain rollout worker: syncable (:class:`Servable`) and able to produce rollouts."""
-
-    def rollout(self, *args: Any, **kwargs: Any) -> Any: ...
+NODE_PLACEHOLDER = "{node}"
+"""Replaced in ``adapter_root`` by the first 12 hex digits of the node id (one directory per node
+when the root is on a file system shared by several nodes)."""
 
 
 class RolloutWorkerHost:
-    """Body of the rollout-worker actor. ``factory()`` builds the plain worker (engine included),
-    in the actor process, again after every restart."""
+    """Body of the rollout-worker actor. ``factory()`` builds the plain worker (engines included) in
+    the actor process, again after every restart: a :class:`rollout.worker.RolloutWorker` (synced
+    through its engines, see :class:`cluster.weight_sync.EngineScoredWorker`) or anything with
+    ``rollout`` and the :class:`cluster.weight_sync.Servable` methods."""
 
-    def __init__(self, factory: Callable[[], RolloutWorkerLike], worker_id: str, adapter_root: str,
+    def __init__(self, factory: Callable[[], Any], worker_id: str, adapter_root: str,
                  keep_versions: int = 3) -> None:
         self.worker = factory()
-        site = SyncSite(worker_id, ray.get_runtime_context().get_node_id(), adapter_root, keep_versions)
-        self.adapters = AdapterHost(self.worker, site)
+        node_id = ray.get_runtime_context().get_node_id()
+        root = adapter_root.replace(NODE_PLACEHOLDER, node_id[:12])
+        self.adapters = AdapterHost(self.worker, SyncSite(worker_id, node_id, root, keep_versions))
 
     def rollout(self, *args: Any, **kwargs: Any) -> Any:
         return self.worker.rollout(*args, **kwargs)
@@ -56,6 +58,10 @@ class RolloutWorkerHost:
 
     def ping(self) -> str:
         return self.adapters.site.worker_id
+
+    def pid(self) -> int:
+        """Process id: changes when Ray restarts the actor."""
+        return os.getpid()
 
 
 def _first_line(e: BaseException) -> str:

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Generic, Mapping, Protocol, Sequence, TypeVar
+from typing import Callable, Generic, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 from cluster.adapter_store import AdapterPayload, gc_versions, materialize
 from cluster.metrics import DuetMetrics
-from rollout.engine.base import AdapterRef, AdapterRejected
+from rollout.engine.base import AdapterRef, Engine
 
 
 @dataclass(frozen=True)
@@ -101,14 +101,64 @@ class SyncReport:
         return tuple(a.worker_id for a in self.acks if a.worker_id not in failed)
 
 
+@runtime_checkable
 class Servable(Protocol):
-    """What a worker must offer to be synced (a rollout worker, or an engine directly)."""
+    """What a worker must offer to be synced (an engine, or a worker that can score a probe)."""
 
     def load_adapter(self, ref: AdapterRef) -> None: ...
 
     def adapter_versions(self) -> Mapping[str, int]: ...
 
     def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int], adapter: str | None) -> list[float]: ...
+
+
+class _RoleConfig(Protocol):
+    adapter: str | None
+
+
+class _RolesConfig(Protocol):
+    def roles(self) -> Mapping[str, _RoleConfig]: ...
+
+
+class EngineWorker(Protocol):
+    """A worker that loads adapters itself and holds its engines by role, without ``score``
+    (:class:`rollout.worker.RolloutWorker`)."""
+
+    engines: Mapping[str, Engine]
+    config: _RolesConfig
+
+    def load_adapter(self, ref: AdapterRef) -> None: ...
+
+    def adapter_versions(self) -> Mapping[str, int]: ...
+
+
+class EngineScoredWorker:
+    """:class:`Servable` view of an :class:`EngineWorker`: loads through the worker, probes with
+    its engines. When several engines serve the adapter, the probe runs on the one serving the
+    oldest version (as ``RolloutWorker.adapter_versions`` reports the oldest), so a lagging engine
+    is what the service sees."""
+
+    def __init__(self, worker: EngineWorker) -> None:
+        self.worker = worker
+
+    def load_adapter(self, ref: AdapterRef) -> None:
+        self.worker.load_adapter(ref)
+
+    def adapter_versions(self) -> Mapping[str, int]:
+        return self.worker.adapter_versions()
+
+    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int], adapter: str | None) -> list[float]:
+        roles = self.worker.config.roles()
+        engines = [self.worker.engines[r] for r, cfg in roles.items() if cfg.adapter == adapter]
+        if not engines:
+            raise ValueError(f"no role of this worker uses adapter {adapter!r}")
+        oldest = min(engines, key=lambda e: e.adapter_versions().get(adapter or "", 0))
+        return oldest.score(prompt_ids, target_ids, adapter)
+
+
+def as_servable(worker: Servable | EngineWorker) -> Servable:
+    """``worker`` itself if it can score a probe, else an :class:`EngineScoredWorker` view of it."""
+    return worker if isinstance(worker, Servable) else EngineScoredWorker(worker)
 
 
 @dataclass(frozen=True)
@@ -127,14 +177,15 @@ def apply_payload(target: Servable, payload: AdapterPayload, probe: Probe, site:
                   clock: Callable[[], float] = time.perf_counter) -> SyncAck:
     """Worker side of a sync: materialize, load (unless already served), probe, acknowledge.
 
-    A refused payload (:class:`AdapterRejected`: checksum, rank, older version) is reported in the
-    ack's ``error``; the worker keeps serving its previous version.
+    A refused payload (:class:`AdapterRejected`: checksum, rank, older version; or ``ValueError``:
+    the worker has no role using this adapter) is reported in the ack's ``error``; the worker keeps
+    serving its previous version.
     """
     t0, error = clock(), ""
     if target.adapter_versions().get(payload.role, 0) != payload.version:
         try:
             target.load_adapter(materialize(payload, site.adapter_root))
-        except AdapterRejected as e:
+        except ValueError as e:  # AdapterRejected is a ValueError
             error = str(e)
         gc_versions(site.adapter_root, payload.role, site.keep_versions)
     load_s = clock() - t0
@@ -146,8 +197,8 @@ def apply_payload(target: Servable, payload: AdapterPayload, probe: Probe, site:
 class AdapterHost:
     """A :class:`Servable` at a :class:`SyncSite`: what a worker process holds to answer syncs."""
 
-    def __init__(self, target: Servable, site: SyncSite) -> None:
-        self.target = target
+    def __init__(self, target: Servable | EngineWorker, site: SyncSite) -> None:
+        self.target = as_servable(target)
         self.site = site
 
     def sync_adapter(self, payload: AdapterPayload, probe: Probe) -> SyncAck:

@@ -273,3 +273,24 @@ def test_report_types():
     assert ack.error == "" and SyncFailure("w", "x").reason == "x"
     with pytest.raises(ValueError):
         Probe((1,), ())
+
+
+def test_rollout_worker_is_synced_through_its_engines(tmp_path):
+    # A real RolloutWorker (no score method): Reasoner served by adapter "policy", Observer by
+    # "observer", both roles on one FakeEngine; the host probes through the engine.
+    from rollout.config import DialogueConfig, RoleConfig, RolloutConfig
+    from rollout.worker import RolloutWorker
+
+    cfg = RolloutConfig(kind="dialogue", dialogue=DialogueConfig(
+        reasoner=RoleConfig(adapter="policy"), observer=RoleConfig(adapter="observer")))
+    eng = FakeEngine(lambda *a: "x")
+    worker_host = AdapterHost(RolloutWorker(cfg, {"reasoner": eng, "observer": eng}),
+                              SyncSite("w0", "node-a", str(tmp_path)))
+    svc = service([worker_host])
+    assert svc.publish(payload(version=1), fake_logprobs(1)).all_proven
+    assert svc.publish(payload("observer", 3), fake_logprobs(3)).all_proven
+    assert eng.adapter_versions() == {"policy": 1, "observer": 3}
+    report = svc.publish(payload("reasoner", 1), fake_logprobs(1))  # no role uses "reasoner"
+    [failure] = report.failures
+    assert failure.reason == "rejected (serves v0): RolloutWorker.load_adapter: no role uses adapter " \
+                             "'reasoner' (served: ['observer', 'policy'])"
