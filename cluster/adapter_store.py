@@ -40,6 +40,7 @@ from rollout.types import ROLES
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MANIFEST = "manifest.json"
 STABLE = "STABLE"
 REQUIRED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 _VERSION_DIR = re.compile(r"^v(\d+)-([0-9a-f]{12})$")
@@ -90,6 +91,16 @@ class AdapterPayload:
     def build(cls, role: str, version: int, base_model: str, files: Mapping[str, bytes]) -> AdapterPayload:
         """Payload whose checksum is computed from ``files`` (what an exporter calls)."""
         return cls(role, version, sha256_hex(files[ADAPTER_WEIGHTS]), base_model, files)
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes]) -> AdapterPayload:
+        """Payload of the learner's export (``learner.export.adapter_files``: PEFT files plus
+        ``manifest.json`` naming role, version, base_model and sha256). The manifest's checksum is
+        taken as claimed; :meth:`verify` checks it against the bytes where they land."""
+        if MANIFEST not in files:
+            raise ValueError(f"AdapterPayload.from_files: no {MANIFEST} in {sorted(files)}")
+        m = json.loads(files[MANIFEST])
+        return cls(m["role"], int(m["version"]), m["sha256"], m["base_model"], files)
 
     @property
     def dirname(self) -> str:

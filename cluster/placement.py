@@ -159,8 +159,11 @@ def node_capacities() -> dict[str, dict[str, float]]:
     return {n["NodeID"]: _cpu_gpu(n["Resources"]) for n in ray.nodes() if n["Alive"]}
 
 
-def create_placement_groups(plan: Plan, timeout_s: float = 60.0) -> dict:
+def create_placement_groups(plan: Plan, timeout_s: float = 60.0, run_name: str = "") -> dict:
     """Check the plan against the cluster, then create its placement groups and wait until ready.
+
+    With a ``run_name`` the groups are named ``<run_name>/<group>`` (visible in the dashboard; Ray
+    requires names to be unique in the namespace), else they are unnamed.
 
     Returns group name -> ``PlacementGroup``. Raises :class:`PlanDoesNotFit` when the capacity
     check fails, or when a group is not ready in ``timeout_s`` (resources held by other actors or
@@ -170,14 +173,16 @@ def create_placement_groups(plan: Plan, timeout_s: float = 60.0) -> dict:
     from ray.util.placement_group import placement_group, remove_placement_group
 
     check_fits(plan, node_capacities())
-    groups = {g.name: placement_group([dict(b) for b in g.bundles], strategy=g.strategy, name=g.name)
+    groups = {g.name: placement_group([dict(b) for b in g.bundles], strategy=g.strategy,
+                                      name=f"{run_name}/{g.name}" if run_name else "")
               for g in plan.groups}
     for name, pg in groups.items():
         if not pg.wait(timeout_seconds=timeout_s):
             for other in groups.values():
                 remove_placement_group(other)
+            free = _fmt(_cpu_gpu(ray.available_resources()))
             raise PlanDoesNotFit(f"placement group {name!r} ({_fmt(plan.group(name).total())}) not ready after "
-                                 f"{timeout_s:g}s; cluster resources available now: {_fmt(_cpu_gpu(ray.available_resources()))}")
+                                 f"{timeout_s:g}s; cluster resources available now: {free}")
     return groups
 
 

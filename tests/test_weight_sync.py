@@ -51,6 +51,18 @@ def test_build_computes_checksum_and_dirname():
     assert p.nbytes == 2 + 3
 
 
+def test_from_learner_export_files():
+    # the layout of learner.export.adapter_files: PEFT config, weights, manifest with the checksum
+    manifest = {"role": "reasoner", "version": 4, "base_model": "tiny-vlm", "sha256": hashlib.sha256(b"w").hexdigest(),
+                "learner_step": 12}
+    files = {ADAPTER_CONFIG: b"{}", ADAPTER_WEIGHTS: b"w", "manifest.json": json.dumps(manifest).encode()}
+    p = AdapterPayload.from_files(files)
+    assert (p.role, p.version, p.base_model, p.sha256) == ("reasoner", 4, "tiny-vlm", manifest["sha256"])
+    p.verify()
+    with pytest.raises(ValueError, match="manifest.json"):
+        AdapterPayload.from_files({ADAPTER_CONFIG: b"{}", ADAPTER_WEIGHTS: b"w"})
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(role="critic"), "role"),
     (dict(version=0), "version"),
@@ -222,7 +234,8 @@ def test_corrupt_payload_refused_and_reported(tmp_path):
     report = svc.publish(payload(version=2, weights=b"v2"), fake_logprobs(2))
     assert not report.all_proven and report.proven == ("w0", "w1")
     [failure] = report.failures
-    assert failure.worker_id == "w2" and failure.reason.startswith("rejected (serves v0)") and "sha256" in failure.reason
+    assert failure.worker_id == "w2" and failure.reason.startswith("rejected (serves v0)")
+    assert "sha256" in failure.reason
     assert svc.served_versions()["w2"] == {"policy": 0}
 
 
@@ -294,3 +307,27 @@ def test_rollout_worker_is_synced_through_its_engines(tmp_path):
     [failure] = report.failures
     assert failure.reason == "rejected (serves v0): RolloutWorker.load_adapter: no role uses adapter " \
                              "'reasoner' (served: ['observer', 'policy'])"
+
+
+def test_learner_export_round_trip(tmp_path):
+    # learner.export.adapter_files (the learner's in-memory export) -> payload -> node-local
+    # directory that the learner's own verifier accepts, with the safetensors bytes unchanged
+    import torch
+
+    from learner.export import adapter_files, verify_adapter_dir
+
+    class LoraConfig:  # the three things adapter_files reads from peft.LoraConfig (peft imports slowly)
+        r, lora_alpha = 2, 4
+
+        def to_dict(self):
+            return {"r": 2, "lora_alpha": 4, "target_modules": {"q_proj"}, "peft_type": "LORA"}
+
+    state = {"base_model.model.layers.0.q_proj.lora_A.weight": torch.ones(2, 4),
+             "base_model.model.layers.0.q_proj.lora_B.weight": torch.zeros(4, 2)}
+    files = adapter_files(state, LoraConfig(), role="observer",
+                          version=5, base_model_id="tiny-vlm", step=9)
+    p = AdapterPayload.from_files(files)
+    ref = materialize(p, tmp_path)
+    assert (ref.name, ref.version) == ("observer", 5)
+    assert verify_adapter_dir(ref.path)["learner_step"] == 9
+    assert (Path(ref.path) / ADAPTER_WEIGHTS).read_bytes() == files[ADAPTER_WEIGHTS]

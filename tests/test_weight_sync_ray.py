@@ -67,7 +67,8 @@ def fleet(ray_session, tmp_path_factory):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test module is not importable by workers
     root = str(tmp_path_factory.mktemp("adapters") / "{node}")
     cpus_before = ray.available_resources().get("CPU", 0)
-    groups = create_placement_groups(plan_resources(RoleSpec("rollout", 4, cpus=0.25, strategy="SPREAD")))
+    groups = create_placement_groups(plan_resources(RoleSpec("rollout", 4, cpus=0.25, strategy="SPREAD")),
+                                     run_name="test-weight-sync")
     actor = rollout_worker_actor(num_cpus=0.25)
     handles = {f"w{i}": actor.options(scheduling_strategy=bundle_strategy(groups["rollout"], i))
                .remote(make_worker, f"w{i}", root) for i in range(4)}
@@ -92,6 +93,21 @@ def test_workers_are_spread_over_both_nodes(fleet):
     assert set(nodes) == alive_nodes(ray) and len(alive_nodes(ray)) == 2
     # SPREAD is best effort in Ray: usually 2 + 2, but 1 + 3 was seen while a previous module's
     # actors were still being released, so only "both nodes" is asserted
+
+
+def test_placement_errors_on_the_live_cluster(fleet):
+    ray, _, _ = fleet
+    from cluster.placement import PlanDoesNotFit
+
+    with pytest.raises(PlanDoesNotFit, match=r"bundle rollout\[0\] \(CPU=3\)"):  # no node has 3 CPUs
+        create_placement_groups(plan_resources(RoleSpec("rollout", 1, cpus=3)))
+    # 1.75 CPU fits each node's capacity (2), but the fleet holds 0.25 per worker: not schedulable now
+    free = ray.available_resources()["CPU"]
+    with pytest.raises(PlanDoesNotFit, match=r"'rollout' \(CPU=3.5\) not ready after 1s; cluster resources "
+                                             r"available now: CPU=\d"):
+        create_placement_groups(plan_resources(RoleSpec("rollout", 2, cpus=1.75, strategy="SPREAD")), timeout_s=1)
+    wait_released(ray, free)
+    assert ray.available_resources()["CPU"] == free  # the half-made group was removed again
 
 
 def test_publish_policy_twice_then_observer(fleet):
