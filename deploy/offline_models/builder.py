@@ -51,12 +51,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# The modules whose code decides each kind of model's bytes (presets enter through their repr).
+_SOURCES = {
+    VlmPreset: ("corpus.py", "tokenizer.py", "random_init.py"),
+    TextLmPreset: ("corpus.py", "tokenizer.py", "random_init.py"),
+    GgufPreset: ("gguf_convert.py",),
+}
+
+
 def builder_hash(name: str) -> str:
-    """Hash of everything a model's bytes depend on: this package's source, the model's preset,
-    the tokenizer preset, the transformers version (it writes the config files) and, for a GGUF,
-    the source file's size."""
-    parts = [path.read_bytes() for path in sorted(_PACKAGE_DIR.glob("*.py")) if path.name != "__main__.py"]
+    """Hash of everything a model's bytes depend on: the source of the modules that build its kind,
+    its preset, the tokenizer preset, the transformers version (it writes the config files) and,
+    for a GGUF, the source file's size."""
     preset = PRESETS[name]
+    parts = [(_PACKAGE_DIR / module).read_bytes() for module in _SOURCES[type(preset)]]
     parts += [repr(preset).encode(), repr(TOKENIZER).encode(), importlib.metadata.version("transformers").encode()]
     if isinstance(preset, GgufPreset):
         parts.append(str(preset.path().stat().st_size).encode())

@@ -2,8 +2,9 @@
 
 The configs follow Qwen/Qwen2-VL-2B-Instruct and Qwen/Qwen2.5-VL-3B-Instruct (``config.json``)
 with every width shrunk to a :mod:`deploy.offline_models.presets` preset; the weights are
-transformers' own initialisation under a fixed torch seed, saved as float32 safetensors, so the
-same preset gives byte-identical files on every machine.
+transformers' own initialisation under a fixed torch seed, saved as float32 safetensors, so
+rebuilding a preset with the same torch/transformers gives byte-identical files (tested; torch's
+vectorised CPU samplers may differ across instruction sets, so compare hashes per machine kind).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from transformers import (
     Qwen2VLVideoProcessor,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
 )
 
-from deploy.offline_models.presets import ImagePreset, TextLmPreset, TextPreset, VisionPreset, VlmPreset
+from deploy.offline_models.presets import TextLmPreset, TextPreset, VisionPreset, VlmPreset
 
 
 def _token_ids(tok: PreTrainedTokenizerFast) -> dict[str, int]:
@@ -73,13 +75,16 @@ def vlm_config(p: VlmPreset, tok: PreTrainedTokenizerFast) -> Qwen2VLConfig | Qw
     )
 
 
-def vlm_processor(v: VisionPreset, img: ImagePreset, tok: PreTrainedTokenizerFast) -> Qwen2VLProcessor:
-    """Qwen2-VL processor (also Qwen2.5-VL's image pipeline) with the preset's pixel bounds."""
+def vlm_processor(p: VlmPreset, tok: PreTrainedTokenizerFast) -> Qwen2VLProcessor | Qwen2_5_VLProcessor:
+    """The architecture's processor around Qwen2-VL's image/video processors (Qwen2.5-VL uses the
+    same ones) with the preset's pixel bounds."""
+    v, img = p.vision, p.image
     shape = dict(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
                  temporal_patch_size=v.temporal_patch_size,
                  size={"shortest_edge": img.min_pixels, "longest_edge": img.max_pixels})
-    return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessorPil(**shape), tokenizer=tok,
-                            video_processor=Qwen2VLVideoProcessor(**shape), chat_template=tok.chat_template)
+    cls = Qwen2VLProcessor if p.arch == "qwen2_vl" else Qwen2_5_VLProcessor
+    return cls(image_processor=Qwen2VLImageProcessorPil(**shape), tokenizer=tok,
+               video_processor=Qwen2VLVideoProcessor(**shape), chat_template=tok.chat_template)
 
 
 def _init(cls: type[PreTrainedModel], config, seed: int) -> PreTrainedModel:
@@ -98,7 +103,7 @@ def build_vlm(p: VlmPreset, tok: PreTrainedTokenizerFast, out: Path) -> int:
     cls = Qwen2VLForConditionalGeneration if p.arch == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     model = _init(cls, vlm_config(p, tok), p.seed)
     _save(model, tok, out)
-    vlm_processor(p.vision, p.image, tok).save_pretrained(out)
+    vlm_processor(p, tok).save_pretrained(out)
     return model.num_parameters()
 
 
