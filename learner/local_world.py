@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
-__all__ = ["LocalWorld", "RankContext", "free_port"]
+__all__ = ["LocalWorld", "LocalLearnerGroup", "RankContext", "free_port"]
 
 
 def free_port() -> int:
@@ -114,3 +114,90 @@ class LocalWorld:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ---- a learner group on a LocalWorld (the non-Ray counterpart of cluster's learner actors) --------
+
+
+def _learner(ctx: RankContext, key: str):
+    return ctx.state[key]
+
+
+def _create(ctx: RankContext, key: str, config, model_dir: str) -> float:
+    from learner.rank import LearnerRank
+
+    ctx.state[key] = LearnerRank(config, ctx.rank, ctx.world_size, ctx.master_addr, ctx.master_port, model_dir)
+    return ctx.state[key].init_seconds
+
+
+def _train_step(ctx: RankContext, key: str, batch) -> dict:
+    return _learner(ctx, key).train_step(batch)
+
+
+def _sft_step(ctx: RankContext, key: str, examples) -> dict:
+    return _learner(ctx, key).sft_step(examples)
+
+
+def _logprobs(ctx: RankContext, key: str, batch, use_adapter: bool) -> list:
+    return _learner(ctx, key).logprobs(batch, use_adapter)
+
+
+def _adapter_files(ctx: RankContext, key: str, version: int) -> dict:
+    return _learner(ctx, key).adapter_files(version)
+
+
+def _export(ctx: RankContext, key: str, out_dir: str, version: int):
+    return _learner(ctx, key).export_adapter(out_dir, version)
+
+
+def _value_head(ctx: RankContext, key: str) -> dict:
+    return _learner(ctx, key).value_head_state()
+
+
+def _save(ctx: RankContext, key: str, directory: str) -> str:
+    return _learner(ctx, key).save_checkpoint(directory)
+
+
+def _load(ctx: RankContext, key: str, directory: str) -> None:
+    _learner(ctx, key).load_checkpoint(directory)
+
+
+def _drop(ctx: RankContext, key: str) -> None:
+    ctx.state.pop(key, None)
+
+
+class LocalLearnerGroup:
+    """One learner group (all ranks of a :class:`LocalWorld`) driven like a single object; results
+    are rank 0's (every rank returns the same global metrics). Several groups may share a world."""
+
+    def __init__(self, world: LocalWorld, key: str, config, model_dir: str) -> None:
+        self.world, self.key = world, key
+        self.init_seconds = max(world.run(_create, key, config, str(model_dir)))
+
+    def train_step(self, batch) -> dict:
+        return self.world.run(_train_step, self.key, batch)[0]
+
+    def sft_step(self, examples) -> dict:
+        return self.world.run(_sft_step, self.key, examples)[0]
+
+    def logprobs(self, batch, use_adapter: bool = True) -> list:
+        return self.world.run(_logprobs, self.key, batch, use_adapter)[0]
+
+    def adapter_files(self, version: int) -> dict:
+        return self.world.run(_adapter_files, self.key, version)[0]
+
+    def export_adapter(self, out_dir, version: int):
+        return self.world.run(_export, self.key, str(out_dir), version)[0]
+
+    def value_head_state(self) -> dict:
+        return self.world.run(_value_head, self.key)[0]
+
+    def save_checkpoint(self, directory) -> str:
+        return self.world.run(_save, self.key, str(directory))[0]
+
+    def load_checkpoint(self, directory) -> None:
+        self.world.run(_load, self.key, str(directory))
+
+    def close(self) -> None:
+        """Drop the learner on every rank (frees its engine)."""
+        self.world.run(_drop, self.key)

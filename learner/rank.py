@@ -122,6 +122,16 @@ class LearnerRank:
             self.encoder.clear()
         return {**diag, **upd, **self._batch_metrics(rb, timer, time.perf_counter() - t_start)}
 
+    def logprobs(self, batch: EpisodeBatch | tuple[pa.Table, pa.Table], use_adapter: bool = True) -> list[list[float]]:
+        """Log-probs of the output tokens of each of this role's trainable turns (rows in
+        :func:`build_role_batch` order) under the current adapter, or the base model; collective."""
+        eb = as_episode_batch(batch)
+        rb = build_role_batch(eb.episodes, self.config.role, self.pad_id)
+        if rb.num_rows == 0:
+            return []
+        logp, _ = self._score(rb, eb.images, use_adapter=use_adapter, with_values=False)
+        return [logp[i][rb.loss_mask[i]].tolist() for i in range(rb.num_rows)]
+
     def _batch_metrics(self, rb: RoleBatch, timer: _Timer, total: float) -> dict[str, float]:
         tokens = float(rb.attention_mask.sum())
         out = {f"time/{k}": v for k, v in timer.seconds.items()}
