@@ -266,7 +266,7 @@ def test_config_validates_and_maps_to_vllm() -> None:
     cpu = EngineConfig(kv_cache_gib=0.5, max_loras=2)
     kw = llm_kwargs(cpu, "/m", multimodal=True)
     assert kw["kv_cache_memory_bytes"] == 1 << 29 and "gpu_memory_utilization" not in kw
-    assert kw["max_cpu_loras"] == 3 and kw["limit_mm_per_prompt"] == {"image": 1, "video": 0}
+    assert kw["max_loras"] == 3 and kw["max_cpu_loras"] == 3 and kw["limit_mm_per_prompt"] == {"image": 1, "video": 0}
     gpu = EngineConfig(device="cuda", tensor_parallel_size=2, gpu_memory_utilization=0.4, enable_lora=False)
     kw = llm_kwargs(gpu, "/m", multimodal=False)
     assert kw["gpu_memory_utilization"] == 0.4 and kw["tensor_parallel_size"] == 2

