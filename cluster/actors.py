@@ -46,6 +46,10 @@ class RolloutWorkerHost:
     def rollout(self, *args: Any, **kwargs: Any) -> Any:
         return self.worker.rollout(*args, **kwargs)
 
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        """Held-out evaluation (workers built by :mod:`cluster.rollout_factory` have it)."""
+        return self.worker.evaluate(*args, **kwargs)
+
     def sync_adapter(self, payload: AdapterPayload, probe: Probe) -> SyncAck:
         """Ray resolves ``payload`` from the node's object store (fetched once per node)."""
         return self.adapters.sync_adapter(payload, probe)
