@@ -12,8 +12,9 @@ Cost with Ray (:class:`cluster.actors.RayTransport`): ``put`` is one ``ray.put``
 then passed to every worker. Ray's object store is per node: the first worker on a node that needs
 the object pulls it from the owner's node, later workers on that node read the same local copy
 (shared memory), so bytes on the network grow with the number of *nodes*, not workers
-(``tests/test_weight_sync_ray.py`` checks with ``ray.experimental.get_object_locations`` that the
-object ends up held once on each node). Each worker still writes the files to its node's disk, but
+(``tests/test_weight_sync_ray.py`` measures it: syncing 4 workers on 2 nodes creates exactly
+2 x the object's size in the cluster's object stores, and ``ray.experimental.get_object_locations``
+lists each node once). Each worker still writes the files to its node's disk, but
 :func:`cluster.adapter_store.materialize` is idempotent: all workers of a node share one directory.
 
 The proof is end to end: the learner scores a fixed probe (token ids) with the adapter it exported

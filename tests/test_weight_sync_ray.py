@@ -83,6 +83,14 @@ def fleet(ray_session, tmp_path_factory):
     wait_released(ray, cpus_before)
 
 
+def store_created_bytes(address):
+    """Bytes ever created in the object stores of all nodes (Ray's private memory-info API, the one
+    behind ``ray memory --stats-only``): a pull to a node creates a copy there and counts again."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    return get_memory_info_reply(get_state_from_address(address)).store_stats.cumulative_created_bytes
+
+
 def alive_nodes(ray):
     return {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
@@ -110,10 +118,16 @@ def test_placement_errors_on_the_live_cluster(fleet):
     assert ray.available_resources()["CPU"] == free  # the half-made group was removed again
 
 
-def test_publish_policy_twice_then_observer(fleet):
+def test_publish_policy_twice_then_observer(fleet, ray_cluster):
     ray, handles, service = fleet
     for role, version in (("policy", 1), ("policy", 2), ("observer", 1)):
+        before = store_created_bytes(ray_cluster.address)
         report = service.publish(payload(role, version), fake_logprobs(version))
+        [loc] = ray.experimental.get_object_locations([service.latest_handle(role)]).values()
+        # one copy created by the put on the driver's node + one pulled to the other node, shared by
+        # that node's workers: 2 x size for 4 workers (one copy per worker would be >= 4 x size)
+        assert store_created_bytes(ray_cluster.address) - before == 2 * loc["object_size"]
+        assert set(loc["node_ids"]) == alive_nodes(ray)
         assert report.all_proven, report.failures
         assert (report.role, report.version) == (role, version)
         assert sorted(a.worker_id for a in report.acks) == ["w0", "w1", "w2", "w3"]
@@ -124,10 +138,7 @@ def test_publish_policy_twice_then_observer(fleet):
     versions = ray.get([h.adapter_versions.remote() for h in handles.values()])
     assert versions == [{"policy": 2, "observer": 1}] * 4
     assert service.served_versions() == {w: {"policy": 2, "observer": 1} for w in handles}
-    # the payload object was pulled once per node: each of the two object stores holds one copy
-    [loc] = ray.experimental.get_object_locations([service.latest_handle("observer")]).values()
-    assert set(loc["node_ids"]) == alive_nodes(ray)
-    assert loc["object_size"] > 50_000 * len(b"observer-v1")
+    assert loc["object_size"] > 50_000 * len(b"observer-v1")  # ~550 KB: in the object store, not inlined
 
 
 def test_rollouts_use_the_synced_versions(fleet):
