@@ -196,3 +196,21 @@ def test_killed_worker_restarts_and_catches_up(fleet):
     assert [a.worker_id for r in reports for a in r.acks] == ["w1", "w1"]
     assert ray.get(h.adapter_versions.remote()) == {"policy": 2, "observer": 1}
     assert service.served_versions()["w1"] == {"policy": 2, "observer": 1}
+
+
+def test_metrics_are_accepted_by_ray(ray_session):
+    # Ray validates names, tag keys and histogram boundaries when metrics are created and recorded;
+    # every declared metric goes through once with its declared tags.
+    from ray.util.metrics import Counter, Gauge, Histogram
+
+    from cluster.metrics import SPECS, DuetMetrics, RaySink
+
+    sink = RaySink()
+    m = DuetMetrics(sink)
+    for role in ("policy", "observer"):
+        m.reward(role, 0.5), m.success_rate(role, 0.25), m.kl(role, 0.01), m.entropy(role, 1.2)
+        m.adapter_version(role, 3), m.staleness(role, 1.0), m.sync_latency(role, 0.3), m.tokens_per_s(role, 80.0)
+    m.queue_depth("episodes", 4), m.episodes_produced(16), m.episodes_dropped("stale", 2)
+    kinds = {"gauge": Gauge, "counter": Counter, "histogram": Histogram}
+    assert set(sink._objects) == set(SPECS)
+    assert all(isinstance(sink._objects[n], kinds[s.kind]) for n, s in SPECS.items())
