@@ -317,3 +317,26 @@ def test_reload_weights_with_tied_lm_head(engine, model_dir, hf_base, tmp_path) 
     [[c]] = tied.generate([Request(prompt, (), None, Sampling(max_tokens=16, seed=5))])
     ref = hf_logprobs(new, processor, c.prompt_ids, c.output_ids)
     assert np.abs(np.array(c.logprobs) - ref).max() < 1e-4
+
+
+def test_text_only_model(models_dir) -> None:
+    """The Reasoner's text LM: no image token, same log-prob agreement (second in-process engine)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rollout.engine.config import EngineConfig
+    from rollout.engine.vllm_engine import VLLMEngine
+
+    text_dir = models_dir / "tiny-text-lm"
+    eng = VLLMEngine(text_dir, EngineConfig(kv_cache_gib=0.125, max_model_len=512, enable_lora=False))
+    assert eng.image_token_id is None and not eng.multimodal
+    prompt = tuple(ChatFormat(eng.tokenizer).prompt("sys", "Think."))
+    [group] = eng.generate([Request(prompt, (), None, Sampling(n=2, max_tokens=20, seed=1))])
+    model = AutoModelForCausalLM.from_pretrained(text_dir, dtype=torch.float32).eval()
+    for c in group:
+        assert c.prompt_ids == prompt
+        assert np.abs(np.array(c.logprobs) - hf_logprobs(model, None, c.prompt_ids, c.output_ids)).max() < 1e-4
+    with pytest.raises(ValueError, match="0 image placeholders but 1 images"):
+        eng.generate([Request(prompt, (png(0),))])
+    with pytest.raises(AdapterRejected, match="LoRA is disabled"):
+        eng.load_adapter(AdapterRef("reasoner", 1, "/nonexistent"))

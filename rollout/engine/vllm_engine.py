@@ -173,6 +173,8 @@ class VLLMEngine:
         """
         from vllm import SamplingParams
 
+        if not prompt_ids:
+            raise ValueError("score: prompt_ids must be non-empty (the first token has no log-prob)")
         ids = list(prompt_ids) + list(target_ids)
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         served = self._served(adapter)
