@@ -10,7 +10,7 @@ PNG bytes are stored exactly as shipped (no re-encoding).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import easy_vqa
 
@@ -34,11 +34,16 @@ def answer_space() -> tuple[str, ...]:
     return tuple(easy_vqa.get_answers())
 
 
-def _rows(split: str, limit: int | None) -> Iterator[tuple[int, dict | str]]:
+def _rows(split: str, limit: int | None, keep: frozenset[str] | None = None) -> Iterator[tuple[int, dict | str]]:
     questions, answers, image_ids, paths = _split_data(split)
-    n = len(questions) if limit is None else min(limit, len(questions))
     images: dict[int, bytes] = {}
-    for i in range(n):
+    kept = 0
+    for i in range(len(questions)):
+        if limit is not None and kept >= limit:
+            return
+        if keep is not None and answers[i] not in keep:
+            continue
+        kept += 1
         image_id = image_ids[i]
         if image_id not in paths:
             yield i, "image file not found"
@@ -56,10 +61,20 @@ def _rows(split: str, limit: int | None) -> Iterator[tuple[int, dict | str]]:
 
 
 def load_easy_vqa(
-    split: str = "train", limit: int | None = None, *, check_images: bool = True
+    split: str = "train", limit: int | None = None, *, answers: Sequence[str] | None = None,
+    check_images: bool = True,
 ) -> TaskLoadResult:
-    """The first ``limit`` questions (all if None) of ``split`` as tasks, in the package's order."""
-    return collect_rows(_rows(split, limit), check_images=check_images)
+    """The first ``limit`` questions (all if None) of ``split`` as tasks, in the package's order.
+
+    ``answers`` keeps only questions whose answer is in it (e.g. the 8 colours: the colour
+    questions); task ids keep the index in the package's file, so a filtered set is a subset.
+    """
+    if answers is not None:
+        unknown = set(answers) - set(answer_space())
+        if unknown:
+            raise ValueError(f"easy_vqa: answers {sorted(unknown)} not in the answer space {answer_space()}")
+    keep = frozenset(answers) if answers is not None else None
+    return collect_rows(_rows(split, limit, keep), check_images=check_images)
 
 
 def convert_easy_vqa(

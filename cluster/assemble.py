@@ -1,0 +1,149 @@
+"""Assemble a run's actors from a recipe, warm-start, checkpoint and restore.
+
+Order: placement groups (rollout bundles, then one group per trained role's learner ranks) ->
+learner groups (DeepSpeed worlds) -> rollout workers (vLLM engines) -> weight-sync service ->
+version 1 of every trained adapter published and proven on every worker (the untrained LoRA, equal
+to the base model) so that no rollout ever runs on an adapter the learner did not publish.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ray
+
+from cluster.actors import register_workers, rollout_worker_actor, start_sync_service, wait_alive
+from cluster.config import Recipe
+from cluster.driver import Driver
+from cluster.learner_group import LearnerGroup
+from cluster.placement import (RoleSpec, bundle_strategy, create_placement_groups, plan_resources,
+                               remove_placement_groups)
+from cluster.rollout_factory import RolloutWorkerFactory
+from cluster.weight_sync import Probe
+from learner.sft import SFTExample
+from rollout.chat import ChatFormat
+from rollout.single_turn import format_choices
+from rollout.types import Task
+
+PROBE = Probe(prompt_ids=(1, 20, 30, 40, 50, 60), target_ids=(70, 80, 90, 100))
+"""Fixed sync probe: small token ids, valid in every built-in tokenizer (all have > 1000 tokens)."""
+
+
+def _plan(recipe: Recipe):
+    c = recipe.cluster
+    rollout = RoleSpec("rollout", c.rollout_workers, c.rollout_cpus, c.rollout_gpus, c.strategy)
+    learners = {r: RoleSpec(f"learner/{r}", c.learner_ranks, c.learner_cpus, c.learner_gpus, "PACK")
+                for r in recipe.trainable_roles}
+    return plan_resources(rollout, learners)
+
+
+def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: Path) -> tuple[Driver, Callable]:
+    """Start every actor of the run; returns the driver and a teardown function."""
+    from deploy.offline_models import resolve_model
+
+    c = recipe.cluster
+    groups = create_placement_groups(_plan(recipe), run_name=f"duet-{recipe.name}")
+    learners = {}
+    for role in recipe.trainable_roles:
+        rt = recipe.roles[role]
+        model_dir = resolve_model(rt.model, models_dir)
+        learners[role] = LearnerGroup(role, rt.learner, model_dir, c.learner_ranks, c.learner_cpus,
+                                      c.learner_gpus, groups[f"learner/{role}"])
+        log.event(f"learner {role}: {c.learner_ranks} rank(s), ZeRO-{rt.learner.zero_stage}, "
+                  f"{rt.model}, up in {learners[role].init_seconds:.1f}s")
+    factory = RolloutWorkerFactory(recipe.model_dump_json(), str(models_dir))
+    actor = rollout_worker_actor(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus)
+    root = str(Path(recipe.run_dir()).resolve() / "adapters" / "{node}")
+    workers = {f"rollout-{i}": actor.options(scheduling_strategy=bundle_strategy(groups["rollout"], i))
+               .remote(factory, f"rollout-{i}", root) for i in range(c.rollout_workers)}
+    wait_alive(list(workers.values()), timeout_s=600)
+    log.event(f"{len(workers)} rollout worker(s) up")
+    sync = start_sync_service(PROBE, tolerance=1e-3)
+    register_workers(sync, workers)
+    driver = Driver(recipe, workers, learners, sync, log, train_items)
+    for role in recipe.trainable_roles:
+        driver.publish(role)
+
+    def teardown() -> None:
+        for group in learners.values():
+            group.shutdown()
+        for w in workers.values():
+            ray.kill(w, no_restart=True)
+        ray.kill(sync)
+        remove_placement_groups(groups)
+
+    return driver, teardown
+
+
+# ---- SFT warm start ------------------------------------------------------------------------------
+
+def reference_reply(task: Task, answer_pattern: str | None) -> str:
+    """The reply the answer extractor reads ``task.answer`` back from."""
+    if answer_pattern and "<answer>" in answer_pattern:
+        return f"<answer>{task.answer}</answer>"
+    return task.answer
+
+
+def sft_examples(recipe: Recipe, tasks: Sequence[Task]) -> list[SFTExample]:
+    """Single-turn tasks as (system?, user prompt, reference reply) transcripts, written with the
+    exact prompt template the rollout uses, so SFT and RL see the same context."""
+    st = recipe.rollout.single_turn
+    out = []
+    for t in tasks:
+        user = st.prompt_template.format(question=t.question, choices=format_choices(t.choices))
+        msgs = ((("system", st.policy.system_prompt),) if st.policy.system_prompt else ()) + (
+            ("user", user), ("assistant", reference_reply(t, st.answer.pattern)))
+        out.append(SFTExample(msgs, t.image))
+    return out
+
+
+def sft_warm_start(driver: Driver, train_items: Sequence[Any]) -> None:
+    """Supervised steps on reference replies for the policy role, then publish the result."""
+    recipe, sft = driver.recipe, driver.recipe.train.sft
+    if recipe.rollout.kind != "single_turn":
+        raise ValueError("train.sft: the built-in warm start covers single_turn recipes; use "
+                         "learner.sft with your own transcripts for dialogues and environments")
+    examples = sft_examples(recipe, train_items[: sft.num_examples])
+    group = driver.learners["policy"]
+    for step in range(sft.steps):
+        k = (step * sft.batch_size) % len(examples)
+        batch = (examples + examples)[k: k + sft.batch_size]
+        m = group.sft_step(batch)
+        if step % 10 == 0 or step + 1 == sft.steps:
+            driver.log.say(f"[sft] step {step + 1:>4}/{sft.steps} loss {m['sft/loss']:.4f}")
+    driver.publish("policy")
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+def checkpoint_fn(driver: Driver, run_dir: Path) -> Callable[[int], None]:
+    def save(step: int) -> None:
+        directory = run_dir / "checkpoints" / f"step_{step:06d}"
+        for role, group in driver.learners.items():
+            group.save_checkpoint(directory / role)
+        state = {"step": step, "versions": driver.versions, "counters": vars(driver.counters)}
+        (directory / "driver.json").write_text(json.dumps(state))
+        (run_dir / "checkpoints" / "LATEST").write_text(directory.name)
+        driver.log.event(f"checkpoint {directory}")
+    return save
+
+
+def restore(driver: Driver, run_dir: Path) -> int:
+    """Load the latest checkpoint into the learners, republish their adapters; returns its step."""
+    latest = run_dir / "checkpoints" / "LATEST"
+    if not latest.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+    directory = run_dir / "checkpoints" / latest.read_text().strip()
+    state = json.loads((directory / "driver.json").read_text())
+    for role, group in driver.learners.items():
+        group.load_checkpoint(directory / role)
+    for name, value in state["counters"].items():
+        setattr(driver.counters, name, value)
+    for role in driver.learners:
+        adapter = driver.adapter_of(role)
+        driver.versions[adapter] = max(driver.versions.get(adapter, 0), state["versions"].get(adapter, 0))
+        driver.publish(role)
+    driver.log.event(f"resumed from {directory} at step {state['step']}")
+    return int(state["step"])

@@ -1,0 +1,58 @@
+"""``duet``: the command line.
+
+    duet train [RECIPE] [--set KEY=VALUE ...] [--resume]   run a recipe (default: the embedded one)
+    duet check RECIPE [--set ...]                          validate a recipe and print it resolved
+    duet recipes                                           list the shipped recipes
+
+RECIPE is a path or the name of a shipped recipe (``cluster/recipes/*.toml``). A bad recipe exits
+with status 2 and a message naming each bad field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cluster.config import RecipeError, load_recipe
+from cluster.recipes import RECIPES_DIR, recipe_path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="duet", description="duet-rl: RL for vision-language models on Ray")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("train", "run a recipe"), ("check", "validate a recipe and print it")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("recipe", nargs="?", default=None, help="recipe file or shipped recipe name")
+        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field, e.g. --set train.steps=5 (repeatable)")
+        if name == "train":
+            s.add_argument("--resume", action="store_true",
+                           help="continue from the run directory's last checkpoint")
+    sub.add_parser("recipes", help="list the shipped recipes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "recipes":
+        for f in sorted(RECIPES_DIR.glob("*.toml")):
+            print(f.stem)
+        return 0
+    try:
+        path = recipe_path(args.recipe) if args.recipe else None
+        recipe = load_recipe(path, tuple(args.overrides))
+    except (RecipeError, FileNotFoundError) as err:
+        print(f"duet: {err}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(json.dumps(recipe.model_dump(mode="json"), indent=2))
+        return 0
+    from cluster.run import run_training
+
+    summary = run_training(recipe, resume=args.resume)
+    return 0 if summary.completed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

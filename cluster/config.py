@@ -1,0 +1,248 @@
+"""The recipe: one typed config tree for a whole run, validated at load with errors naming the field.
+
+A recipe is a TOML (or YAML) file. Each component owns its config class (``rollout.config``,
+``rollout.engine.config``, ``learner.config``); this module composes them into :class:`Recipe` and
+adds the run-level parts (data, schedule, cluster, outputs). Every model is ``extra="forbid"``, so a
+misspelt key fails at load naming its dotted path, and every field carries a docstring.
+
+``load_recipe(path, overrides)`` applies ``--set a.b.c=value`` overrides (value parsed as TOML, or
+kept as a string) before validation, so an override is checked like the file itself.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learner.config import LearnerConfig
+from rollout.config import RolloutConfig
+from rollout.engine.config import EngineConfig
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class RecipeError(ValueError):
+    """A recipe failed to load: the message names the file, the field and the reason."""
+
+
+class RoleRuntime(_Config):
+    """Where one role runs: its base model, its rollout engine and (if trained) its learner."""
+
+    model: str = "builtin:tiny-qwen2-vl"
+    """Base model: "builtin:NAME" (built offline by deploy.offline_models) or a HF directory."""
+    engine: EngineConfig = EngineConfig()
+    """The vLLM engine serving this role's model on every rollout worker."""
+    learner: LearnerConfig | None = LearnerConfig()
+    """The learner group training this role's adapter; None keeps the role frozen (base model)."""
+
+
+class RewardTerm(_Config):
+    """One term of the run's reward: a registered reward name or "pkg.mod:Factory"."""
+
+    name: str
+    """Reward name (see ``rewards.registered_rewards()``) or a dotted path to a user's reward."""
+    weight: float = 1.0
+    """Weight in the composite sum; every term's score is also kept as a component."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the reward's factory."""
+
+
+class DataConfig(_Config):
+    """Where tasks come from (ignored for environment episodes, which use env seeds)."""
+
+    source: str = "cryptogram"
+    """Task source name for ``rollout.tasks.load_task_source``."""
+    train: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the source for the training split."""
+    eval: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the source for the held-out evaluation split (must not overlap)."""
+    tasks_per_step: int = Field(8, ge=1)
+    """Tasks (or env seeds) per RL step; each gives a group of ``rollout.group_size`` samples."""
+    eval_size: int = Field(64, ge=0)
+    """Held-out tasks (or env seeds) in each evaluation; 0 disables evaluation."""
+
+
+class SFTStage(_Config):
+    """Supervised warm start before RL (IMMO stage 1; RL4VLM also starts from SFT)."""
+
+    steps: int = Field(0, ge=0)
+    """Optimizer steps of SFT on reference replies; 0 skips the stage."""
+    batch_size: int = Field(16, ge=1)
+    """Examples per SFT step."""
+    num_examples: int = Field(256, ge=1)
+    """Training tasks turned into (prompt, reference reply) pairs."""
+
+
+class TrainConfig(_Config):
+    """The RL loop."""
+
+    steps: int = Field(10, ge=0)
+    """RL steps (sample -> score -> update -> sync)."""
+    schedule: Literal["joint", "alternating"] = "joint"
+    """"joint": every trainable role learns each step; "alternating" (IMMO): one role per phase,
+    the other frozen as part of the environment."""
+    phase_steps: int = Field(1, ge=1)
+    """Alternating schedule: steps per phase before the trained role switches."""
+    role_order: tuple[str, ...] = ()
+    """Alternating schedule: order of trained roles (default: the recipe's trainable roles, sorted;
+    IMMO trains the observer on even phases, the reasoner on odd ones)."""
+    mode: Literal["sync", "async"] = "sync"
+    """"async": rollouts for step t+1 are generated while the learner trains on step t."""
+    max_staleness: int = Field(1, ge=0)
+    """Async mode: episodes whose adapter version lags the learner's by more are dropped (counted)."""
+    eval_every: int = Field(0, ge=0)
+    """Evaluate every N steps (0: only before and after training)."""
+    checkpoint_every: int = Field(0, ge=0)
+    """Checkpoint every N steps (0: only at the end)."""
+    sft: SFTStage = SFTStage()
+    """Optional warm start."""
+
+
+class ClusterConfig(_Config):
+    """Ray resources."""
+
+    address: str | None = None
+    """None starts a local single-node Ray; "auto" joins the running cluster (ray job submit)."""
+    rollout_workers: int = Field(1, ge=1)
+    """Rollout worker actors (each holds one engine per base model)."""
+    rollout_cpus: float = Field(1.0, gt=0)
+    """CPUs per rollout worker."""
+    rollout_gpus: float = Field(0.0, ge=0)
+    """GPUs per rollout worker (CUDA clusters; not run on the CPU machines here)."""
+    learner_ranks: int = Field(1, ge=1)
+    """DeepSpeed data-parallel ranks per trained role."""
+    learner_cpus: float = Field(1.0, gt=0)
+    """CPUs per learner rank."""
+    learner_gpus: float = Field(0.0, ge=0)
+    """GPUs per learner rank."""
+    strategy: Literal["PACK", "SPREAD"] = "PACK"
+    """Placement of rollout workers over nodes."""
+    num_cpus: int | None = None
+    """Local mode only: logical CPUs Ray may hand out (None: the machine's count)."""
+
+
+class OutputConfig(_Config):
+    """What a run writes."""
+
+    dir: str = "runs/{name}"
+    """Run directory ("{name}" is the recipe name): metrics.parquet, transcripts/, checkpoints/."""
+    transcripts_per_step: int = Field(2, ge=0)
+    """Readable transcripts saved per step."""
+    progress: bool = True
+    """One line per step on stdout (local runs)."""
+
+
+class Recipe(_Config):
+    """A whole run."""
+
+    name: str = "run"
+    """Run name (directory, metric tags)."""
+    seed: int = 0
+    """Base seed of data generation, sampling and initialisation."""
+    roles: dict[str, RoleRuntime] = Field(default_factory=lambda: {"policy": RoleRuntime()})
+    """Runtime of each role the rollout kind uses ("policy", or "reasoner" and "observer")."""
+    rollout: RolloutConfig = RolloutConfig()
+    """What a rollout produces (kind, group size, prompts, sampling)."""
+    rewards: tuple[RewardTerm, ...] = (RewardTerm(name="exact_match"),)
+    """Reward terms, summed with their weights; components are all kept."""
+    data: DataConfig = DataConfig()
+    """Tasks for training and evaluation."""
+    train: TrainConfig = TrainConfig()
+    """The loop."""
+    cluster: ClusterConfig = ClusterConfig()
+    """Ray resources."""
+    output: OutputConfig = OutputConfig()
+    """Run outputs."""
+
+    @model_validator(mode="after")
+    def _roles_match_rollout(self) -> Recipe:
+        wanted = set(self.rollout.roles())
+        if set(self.roles) != wanted:
+            raise ValueError(
+                f"roles: rollout kind {self.rollout.kind!r} uses roles {sorted(wanted)}, "
+                f"recipe defines {sorted(self.roles)}"
+            )
+        for name, rt in self.roles.items():
+            if rt.learner is not None and rt.learner.role != name:
+                raise ValueError(f"roles.{name}.learner.role: must be {name!r}, got {rt.learner.role!r}")
+        if not self.trainable_roles and self.train.steps > 0:
+            raise ValueError("roles: train.steps > 0 but no role has a learner")
+        unknown = set(self.train.role_order) - set(self.trainable_roles)
+        if unknown:
+            raise ValueError(f"train.role_order: {sorted(unknown)} are not trainable roles")
+        return self
+
+    @property
+    def trainable_roles(self) -> tuple[str, ...]:
+        return tuple(sorted(r for r, rt in self.roles.items() if rt.learner is not None))
+
+    def run_dir(self) -> Path:
+        return Path(self.output.dir.format(name=self.name))
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {dotted}: {k!r} is not a table")
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"a.b=3"`` -> ``("a.b", 3)``; the value is TOML if it parses, else the raw string."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE")
+    key, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text) or {}
+        return tomllib.loads(text)
+    except Exception as err:  # noqa: BLE001 - any parse error becomes a RecipeError naming the file
+        raise RecipeError(f"{path}: cannot parse recipe: {err}") from err
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid recipe"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def build_recipe(tree: Mapping[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a recipe tree; a :class:`RecipeError` lists each bad field's dotted path and reason."""
+    try:
+        return Recipe.model_validate(dict(tree))
+    except ValidationError as err:
+        raise RecipeError(_format_errors(source, err)) from None
+
+
+def load_recipe(path: str | Path | None = None, overrides: tuple[str, ...] = ()) -> Recipe:
+    """Load ``path`` (None: the embedded default recipe) and apply ``--set`` overrides."""
+    from cluster.recipes import DEFAULT_RECIPE
+
+    file = Path(path) if path is not None else DEFAULT_RECIPE
+    tree = _read_file(file)
+    for item in overrides:
+        _set_dotted(tree, *parse_override(item))
+    return build_recipe(tree, str(file))

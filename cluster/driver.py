@@ -1,0 +1,197 @@
+"""The driver loop: sample -> score -> update -> sync, one short function per phase.
+
+Scoring happens inside the rollout workers (each episode leaves its worker with its reward and
+every reward component); advantages are computed by the learner from the episodes (its estimator
+may need critic values), so the loop itself is::
+
+    for step in steps:
+        batch  = sample(step)                      # G episodes per task, stamped with versions
+        for role in roles trained this step:       # "joint" or IMMO's "alternating"
+            metrics[role] = learner[role].train_step(batch)
+            sync(role)                             # publish, push to every worker, prove
+        log, checkpoint
+
+In async mode the rollouts of step t+1 are launched before the update of step t, so generation
+overlaps training; their episodes were generated one version behind and are dropped (and counted)
+when they lag the learner by more than ``train.max_staleness`` versions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import ray
+from ray.exceptions import RayActorError
+
+from cluster.adapter_store import AdapterPayload
+from cluster.config import Recipe, TrainConfig
+from rollout.episode_arrow import EpisodeBatch
+from rollout.types import Episode
+
+
+def roles_at(train: TrainConfig, trainable: Sequence[str], step: int) -> tuple[str, ...]:
+    """Roles updated at ``step``: all of them ("joint"), or one per phase in turn ("alternating")."""
+    if train.schedule == "joint":
+        return tuple(trainable)
+    order = train.role_order or tuple(trainable)
+    return (order[(step // train.phase_steps) % len(order)],)
+
+
+def shard(items: Sequence[Any], n: int) -> list[list[Any]]:
+    """Split ``items`` into ``n`` contiguous, near-equal shards (the first ones one larger)."""
+    k, r = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + k + (1 if i < r else 0)
+        out.append(list(items[start:end]))
+        start = end
+    return out
+
+
+def stale_episodes(episodes: Sequence[Episode], versions: dict[str, int], adapters: dict[str, str],
+                   max_staleness: int) -> list[bool]:
+    """For each episode: does any trained role's turn lag the adapter's current version by more than
+    ``max_staleness``? ``adapters`` maps role -> adapter name."""
+    out = []
+    for e in episodes:
+        lag = max((versions.get(adapters.get(r, ""), 0) - v for r, v in e.policy_versions.items()), default=0)
+        out.append(lag > max_staleness)
+    return out
+
+
+@dataclass
+class Counters:
+    """Exact episode accounting: produced = trained + dropped (a test checks it)."""
+
+    produced: int = 0
+    trained: int = 0
+    dropped_stale: int = 0
+    retried_shards: int = 0
+    worker_restarts: int = 0
+
+
+@dataclass
+class Driver:
+    """Holds the run's actors and drives them. ``workers`` are rollout-worker actor handles,
+    ``learners`` :class:`cluster.learner_group.LearnerGroup` by role, ``sync`` the weight-sync
+    service actor, ``log`` a :class:`cluster.progress.RunLog`."""
+
+    recipe: Recipe
+    workers: dict[str, Any]
+    learners: dict[str, Any]
+    sync: Any
+    log: Any
+    train_items: Sequence[Any]
+    versions: dict[str, int] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+
+    # ---- phases ------------------------------------------------------------------------------
+
+    def items_for(self, step: int) -> list[Any]:
+        """The step's tasks (or env seeds): the next ``tasks_per_step`` of the training set, cyclic."""
+        k, n = self.recipe.data.tasks_per_step, len(self.train_items)
+        return [self.train_items[(step * k + i) % n] for i in range(k)]
+
+    def launch(self, step: int) -> list[tuple[str, list[Any], Any]]:
+        """Start the step's rollouts: one shard of items per worker."""
+        shards = shard(self.items_for(step), len(self.workers))
+        return [(wid, part, self.workers[wid].rollout.remote(part, dict(self.versions), step=step))
+                for wid, part in zip(sorted(self.workers), shards) if part]
+
+    def collect(self, step: int, futures: list[tuple[str, list[Any], Any]]) -> tuple[EpisodeBatch, list]:
+        """Gather every shard; a shard whose worker died is re-run on the restarted worker once it
+        has caught up with the current adapters (no episode lost, none counted twice)."""
+        batches, stats = [], []
+        for wid, part, future in futures:
+            try:
+                batch, st = ray.get(future)
+            except RayActorError:
+                batch, st = self.retry(wid, part, step)
+            batches.append(batch)
+            stats.append(st)
+        batch = EpisodeBatch.concat(batches)
+        self.counters.produced += len(batch)
+        return batch, stats
+
+    def retry(self, wid: str, part: list[Any], step: int):
+        self.counters.worker_restarts += 1
+        self.counters.retried_shards += 1
+        self.log.event(f"rollout worker {wid} died; waiting for its restart and re-running its shard")
+        worker = self.workers[wid]
+        ray.get(worker.ping.remote(), timeout=300)
+        for report in ray.get(self.sync.catch_up.remote(wid)):
+            self.log.sync(report)
+        return ray.get(worker.rollout.remote(part, dict(self.versions), step=step))
+
+    def drop_stale(self, batch: EpisodeBatch) -> EpisodeBatch:
+        adapters = {r: (c.adapter or "") for r, c in self.recipe.rollout.roles().items()}
+        stale = stale_episodes(batch.episodes, self.versions, adapters, self.recipe.train.max_staleness)
+        kept = tuple(e for e, s in zip(batch.episodes, stale) if not s)
+        self.counters.dropped_stale += len(batch) - len(kept)
+        self.counters.trained += len(kept)
+        return EpisodeBatch(kept, batch.images)
+
+    def publish(self, role: str) -> Any:
+        """Export ``role``'s adapter as the next version, push it to every worker, prove arrival."""
+        version = self.versions.get(self.adapter_of(role), 0) + 1
+        learner = self.learners[role]
+        payload = AdapterPayload.from_files(learner.adapter_files(version))
+        expected = learner.probe_logprobs(ray.get(self.sync.get_probe.remote()))
+        report = ray.get(self.sync.publish.remote(payload, expected))
+        self.log.sync(report)
+        if not report.all_proven:
+            raise RuntimeError(f"sync of {role} v{version} not proven on every worker: {report.failures}")
+        self.versions[self.adapter_of(role)] = version
+        return report
+
+    def adapter_of(self, role: str) -> str:
+        return self.recipe.rollout.roles()[role].adapter or role
+
+    def evaluate(self, items: Sequence[Any], label: str, step: int) -> dict[str, float]:
+        """Greedy, one sample per held-out item, sharded over the workers."""
+        if not items:
+            return {}
+        parts = shard(list(items), len(self.workers))
+        futures = [self.workers[w].evaluate.remote(p, dict(self.versions), step=step)
+                   for w, p in zip(sorted(self.workers), parts) if p]
+        batch = EpisodeBatch.concat([b for b, _ in ray.get(futures)])
+        result = summarize(batch.episodes)
+        self.log.evaluation(label, result, batch)
+        return result
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def train(self, start: int, end: int, checkpoint) -> None:
+        """RL steps ``start .. end-1``; ``checkpoint(step)`` is called when one is due."""
+        train, trainable = self.recipe.train, self.recipe.trainable_roles
+        pending = self.launch(start) if start < end else None
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            batch, stats = self.collect(step, pending)
+            if train.mode == "async" and step + 1 < end:
+                pending = self.launch(step + 1)  # generation of t+1 overlaps the update of t
+            batch = self.drop_stale(batch)
+            t_sample = time.perf_counter() - t0
+            updates, syncs = {}, {}
+            for role in roles_at(train, trainable, step):
+                updates[role] = self.learners[role].train_step(batch)
+                syncs[role] = self.publish(role)
+            if train.mode == "sync" and step + 1 < end:
+                pending = self.launch(step + 1)
+            self.log.step(step, batch, stats, updates, syncs, dict(self.versions),
+                          {"time/sample": t_sample, "time/step": time.perf_counter() - t0})
+            if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0:
+                checkpoint(step + 1)
+
+
+def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Mean reward, success rate (over episodes where success is defined) and episode count."""
+    n = len(episodes)
+    defined = [e.success for e in episodes if e.success is not None]
+    return {
+        "episodes": float(n),
+        "reward": sum(e.reward for e in episodes) / n if n else 0.0,
+        "success": sum(defined) / len(defined) if defined else 0.0,
+    }

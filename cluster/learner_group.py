@@ -1,0 +1,118 @@
+"""A learner group on Ray: the DeepSpeed data-parallel ranks of one trained role, one actor each.
+
+The plain :class:`learner.rank.LearnerRank` does the work; :class:`LearnerActor` is its Ray body
+and :class:`LearnerGroup` calls every rank with the same arguments (DeepSpeed collectives need all
+ranks) and returns rank 0's answer. Rendezvous: rank 0's actor reports its node IP and a free port
+there, then every rank joins the world at that address concurrently.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Sequence
+
+import ray
+from ray.util.placement_group import PlacementGroup
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cluster.weight_sync import Probe
+from learner.config import LearnerConfig
+from learner.sft import SFTExample
+from rollout.episode_arrow import EpisodeBatch
+from rollout.types import Episode, Turn
+
+
+def probe_batch(probe: Probe, role: str) -> EpisodeBatch:
+    """The probe as a one-turn episode of ``role``, so the learner scores exactly its target ids."""
+    turn = Turn(role=role, prompt_ids=probe.prompt_ids, output_ids=probe.target_ids,
+                output_logprobs=(0.0,) * len(probe.target_ids), adapter_version=0)
+    return EpisodeBatch((Episode("probe", "probe", "probe", (turn,)),))
+
+
+class LearnerActor:
+    """Ray body of one rank. Construction is cheap; :meth:`setup` joins the world and loads the model."""
+
+    def __init__(self) -> None:
+        self.rank = None
+
+    def address(self) -> tuple[str, int]:
+        """(node IP, a free TCP port on this node) for the world's rendezvous."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, config: LearnerConfig, rank: int, world_size: int, addr: str, port: int,
+              model_dir: str) -> float:
+        from learner.rank import LearnerRank
+
+        self.rank = LearnerRank(config, rank, world_size, addr, port, model_dir)
+        return self.rank.init_seconds
+
+    def train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        return self.rank.train_step(batch)
+
+    def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float]:
+        return self.rank.sft_step(examples)
+
+    def adapter_files(self, version: int) -> dict[str, bytes]:
+        return self.rank.adapter_files(version)
+
+    def probe_logprobs(self, probe: Probe) -> list[float]:
+        return self.rank.logprobs(probe_batch(probe, self.rank.config.role))[0]
+
+    def save_checkpoint(self, directory: str) -> str:
+        return self.rank.save_checkpoint(directory)
+
+    def load_checkpoint(self, directory: str) -> None:
+        self.rank.load_checkpoint(directory)
+
+    def step(self) -> int:
+        return self.rank.step
+
+
+class LearnerGroup:
+    """All ranks of one role's learner. Every method runs on every rank and returns rank 0's result."""
+
+    def __init__(self, role: str, config: LearnerConfig, model_dir: str | Path, ranks: int,
+                 num_cpus: float, num_gpus: float, placement_group: PlacementGroup | None = None,
+                 first_bundle: int = 0) -> None:
+        self.role = role
+        cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(LearnerActor)
+        self.actors = [cls.options(**self._placement(placement_group, first_bundle + i)).remote()
+                       for i in range(ranks)]
+        addr, port = ray.get(self.actors[0].address.remote())
+        self.init_seconds = max(ray.get([
+            a.setup.remote(config, i, ranks, addr, port, str(model_dir)) for i, a in enumerate(self.actors)
+        ]))
+
+    @staticmethod
+    def _placement(pg: PlacementGroup | None, bundle: int) -> dict[str, Any]:
+        if pg is None:
+            return {}
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)}
+
+    def train_step(self, batch: EpisodeBatch) -> dict[str, float]:
+        ref = ray.put(batch)  # one copy in the object store for all ranks
+        return ray.get([a.train_step.remote(ref) for a in self.actors])[0]
+
+    def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float]:
+        ref = ray.put(list(examples))
+        return ray.get([a.sft_step.remote(ref) for a in self.actors])[0]
+
+    def adapter_files(self, version: int) -> dict[str, bytes]:
+        return ray.get([a.adapter_files.remote(version) for a in self.actors])[0]
+
+    def probe_logprobs(self, probe: Probe) -> list[float]:
+        return ray.get([a.probe_logprobs.remote(probe) for a in self.actors])[0]
+
+    def save_checkpoint(self, directory: str | Path) -> str:
+        return ray.get([a.save_checkpoint.remote(str(directory)) for a in self.actors])[0]
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        ray.get([a.load_checkpoint.remote(str(directory)) for a in self.actors])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)

@@ -1,0 +1,106 @@
+"""What a run shows and keeps: one line per step on stdout, Ray dashboard metrics, a Parquet metrics
+file (long format: step, scope, name, value), readable transcripts per step, a final summary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cluster.driver import summarize
+from cluster.metrics import DuetMetrics, RaySink, Recorder
+from rollout.episode_arrow import EpisodeBatch
+
+METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("scope", pa.string()), ("name", pa.string()),
+                            ("value", pa.float64()), ("time_s", pa.float64())])
+
+
+class RunLog:
+    """Collects a run's figures; ``print_lines`` is off when a progress display is not wanted."""
+
+    def __init__(self, run_dir: Path, transcripts_per_step: int, print_lines: bool = True) -> None:
+        self.run_dir = run_dir
+        self.transcripts_dir = run_dir / "transcripts"
+        self.transcripts_dir.mkdir(parents=True, exist_ok=True)
+        self.transcripts_per_step = transcripts_per_step
+        self.print_lines = print_lines
+        self.recorder = Recorder()
+        self.metrics = DuetMetrics(RaySink(), self.recorder)
+        self.rows: list[dict[str, Any]] = []
+        self.evals: dict[str, dict[str, float]] = {}
+        self.t0 = time.time()
+
+    def say(self, text: str) -> None:
+        if self.print_lines:
+            print(text, flush=True)
+
+    def event(self, text: str) -> None:
+        self.say(f"[duet] {text}")
+        self._row(-1, "event", text, 1.0)
+
+    def _row(self, step: int, scope: str, name: str, value: float) -> None:
+        self.rows.append({"step": step, "scope": scope, "name": name, "value": float(value),
+                          "time_s": time.time() - self.t0})
+
+    def sync(self, report: Any) -> None:
+        self._row(-1, f"sync/{report.role}", "latency_s", report.latency_s)
+        self._row(-1, f"sync/{report.role}", "version", report.version)
+        self._row(-1, f"sync/{report.role}", "proven_workers", len(report.proven))
+
+    def step(self, step: int, batch: EpisodeBatch, stats: Sequence[Any], updates: Mapping[str, Mapping[str, float]],
+             syncs: Mapping[str, Any], versions: Mapping[str, int], timings: Mapping[str, float]) -> None:
+        summary = summarize(batch.episodes)
+        tokens = sum(s.tokens_per_s for s in stats)
+        for name, value in {**summary, **timings, "tokens_per_s": tokens}.items():
+            self._row(step, "rollout", name, value)
+        for role, metrics in updates.items():
+            for name, value in metrics.items():
+                self._row(step, f"learner/{role}", name, value)
+            self.metrics.reward(role, summary["reward"])
+            self.metrics.success_rate(role, summary["success"])
+            self.metrics.kl(role, metrics.get("kl/ref", metrics.get("policy/approx_kl", 0.0)))
+            self.metrics.entropy(role, metrics.get("policy/entropy", 0.0))
+            self.metrics.tokens_per_s(role, tokens)
+        self.metrics.episodes_produced(len(batch))
+        self._save_transcripts(f"step_{step:05d}", batch)
+        self.flush()
+        self.say(self._line(step, summary, updates, syncs, versions, timings))
+
+    def _line(self, step, summary, updates, syncs, versions, timings) -> str:
+        parts = [f"step {step + 1:>4}", f"reward {summary['reward']:+.3f}", f"success {summary['success']:.2f}"]
+        for role, m in updates.items():
+            parts.append(f"{role}: loss {m.get('loss/policy', 0.0):+.4f} ent {m.get('policy/entropy', 0.0):.3f} "
+                         f"kl {m.get('kl/ref', 0.0):.4f}")
+        for role, rep in syncs.items():
+            parts.append(f"sync {role} v{rep.version} {rep.latency_s:.2f}s {len(rep.proven)} proven")
+        parts.append(f"{timings['time/step']:.1f}s")
+        return " | ".join(parts)
+
+    def evaluation(self, label: str, result: Mapping[str, float], batch: EpisodeBatch) -> None:
+        self.evals[label] = dict(result)
+        for name, value in result.items():
+            self._row(-1, f"eval/{label}", name, value)
+        self._save_transcripts(f"eval_{label}", batch)
+        self.flush()
+        self.say(f"[eval] {label:<10} success {result['success']:.3f}  reward {result['reward']:+.3f}  "
+                 f"({int(result['episodes'])} held-out episodes)")
+
+    def _save_transcripts(self, name: str, batch: EpisodeBatch) -> None:
+        if not self.transcripts_per_step:
+            return
+        texts = [e.metadata.get("transcript", "") for e in batch.episodes[: self.transcripts_per_step]]
+        (self.transcripts_dir / f"{name}.txt").write_text("\n\n".join(t for t in texts if t) + "\n")
+
+    def flush(self) -> None:
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA), self.run_dir / "metrics.parquet")
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        self.say("[duet] summary: " + json.dumps(summary, default=str))
+        sys.stdout.flush()

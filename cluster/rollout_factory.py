@@ -1,0 +1,80 @@
+"""Build a rollout worker from a recipe, inside its Ray actor (and again after every restart).
+
+Engines: one vLLM engine per distinct (base model, engine config); two roles on the same base model
+share one engine and are told apart by their adapters (IMMO's "one base model, two adapters"),
+two roles on different base models (a text LM Reasoner, a VLM Observer) get one engine each.
+
+:class:`TrainEvalWorker` is a :class:`rollout.worker.RolloutWorker` that can also evaluate:
+the same engines and adapters, one greedy sample per held-out task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from cluster.config import Recipe
+from rewards import build_reward
+from rewards.composite import weighted_sum
+from rollout.config import RolloutConfig
+from rollout.engine.base import Engine
+from rollout.episode_arrow import EpisodeBatch
+from rollout.types import Task
+from rollout.worker import RolloutStats, RolloutWorker
+
+
+def eval_config(config: RolloutConfig) -> RolloutConfig:
+    """``config`` with G = 1 and greedy sampling for every role (deterministic evaluation)."""
+    greedy = {"temperature": 0.0}
+    update: dict = {"group_size": 1, "transcripts": config.transcripts}
+    for section, roles in (("single_turn", ("policy",)), ("env", ("policy",)),
+                           ("dialogue", ("reasoner", "observer"))):
+        sub = getattr(config, section)
+        changed = {r: getattr(sub, r).model_copy(update={
+            "sampling": getattr(sub, r).sampling.model_copy(update=greedy)}) for r in roles}
+        update[section] = sub.model_copy(update=changed)
+    return config.model_copy(update=update)
+
+
+class TrainEvalWorker(RolloutWorker):
+    """A rollout worker with a second, evaluation view of the same engines."""
+
+    def __init__(self, config: RolloutConfig, engines: Mapping[str, Engine], reward) -> None:
+        super().__init__(config, engines, reward)
+        self.evaluator = RolloutWorker(eval_config(config), engines, reward)
+
+    def evaluate(self, items: Sequence[Task] | Sequence[int], versions: Mapping[str, int],
+                 *, step: int = 0) -> tuple[EpisodeBatch, RolloutStats]:
+        return self.evaluator.rollout(items, versions, step=step)
+
+
+def build_reward_fn(recipe: Recipe):
+    """The run's reward: one term as itself, several as a weighted sum keeping every component."""
+    terms = [{"name": t.name, "kwargs": t.kwargs, "weight": t.weight} for t in recipe.rewards]
+    if len(terms) == 1 and terms[0]["weight"] == 1.0:
+        return build_reward(terms[0])
+    return weighted_sum(terms)
+
+
+@dataclass(frozen=True)
+class RolloutWorkerFactory:
+    """Picklable recipe of a rollout worker: Ray calls it in the actor process to build the worker."""
+
+    recipe_json: str
+    models_dir: str
+
+    def __call__(self) -> TrainEvalWorker:
+        from deploy.offline_models import resolve_model
+        from rollout.engine.vllm_engine import VLLMEngine
+
+        recipe = Recipe.model_validate_json(self.recipe_json)
+        engines: dict[str, Engine] = {}
+        shared: dict[str, Engine] = {}
+        for role, rt in sorted(recipe.roles.items()):
+            model_dir = str(resolve_model(rt.model, Path(self.models_dir)))
+            key = model_dir + rt.engine.model_dump_json()
+            if key not in shared:
+                shared[key] = VLLMEngine(model_dir, rt.engine)
+            engines[role] = shared[key]
+        return TrainEvalWorker(recipe.rollout, engines, build_reward_fn(recipe))

@@ -1,0 +1,115 @@
+"""One training run on Ray, from a validated recipe: start (or join) Ray, place the actors, load the
+data, evaluate, warm start, train, evaluate, summarise. ``duet train`` calls :func:`run_training`.
+
+Local mode (``cluster.address`` unset) starts a single-node Ray in this process and shuts it down
+at the end; under ``ray job submit`` (``address = "auto"``) the job joins the running cluster and
+leaves it running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.config import Recipe
+
+MODELS_DIR = Path(os.environ.get("DUET_MODELS", Path(__file__).resolve().parents[1] / ".cache" / "models"))
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    completed: bool
+    steps: int
+    eval: dict[str, dict[str, float]]
+    counters: dict[str, int]
+    run_dir: str
+    wall_s: float
+
+
+def load_items(recipe: Recipe, log) -> tuple[list[Any], list[Any]]:
+    """(training items, held-out evaluation items): tasks, or env seeds for environment episodes.
+    Bad dataset rows are skipped and counted (reported here), never silently used."""
+    if recipe.rollout.kind == "env":
+        n = max(recipe.data.tasks_per_step * max(recipe.train.steps, 1), 1)
+        train = [recipe.seed * 1_000_003 + i for i in range(n)]
+        held_out = [10**9 + recipe.seed * 1_000_003 + i for i in range(recipe.data.eval_size)]
+        return train, held_out
+    from rollout.tasks import load_task_source
+
+    splits = []
+    for name, kwargs in (("train", recipe.data.train), ("eval", recipe.data.eval)):
+        result = load_task_source(recipe.data.source, **kwargs)
+        if result.skipped:
+            log.event(f"data/{name}: skipped {result.skipped} malformed rows: {dict(result.reasons)}")
+        splits.append(list(result.tasks))
+    train, held_out = splits
+    overlap = {t.task_id for t in train} & {t.task_id for t in held_out}
+    if overlap:
+        raise ValueError(f"data: {len(overlap)} task ids are in both train and eval, e.g. {sorted(overlap)[:3]}")
+    random.Random(recipe.seed).shuffle(train)
+    return train, held_out[: recipe.data.eval_size]
+
+
+def init_ray(recipe: Recipe) -> bool:
+    """Connect to Ray; returns True when this call started a local instance (to shut down later)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if recipe.cluster.address:
+        ray.init(address=recipe.cluster.address, log_to_driver=True)
+        return False
+    ray.init(num_cpus=recipe.cluster.num_cpus, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    return True
+
+
+def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
+    """Run ``recipe`` end to end; see the module docstring."""
+    import ray
+
+    from cluster.progress import RunLog
+    from cluster.assemble import build_runtime, checkpoint_fn, restore, sft_warm_start
+
+    t0 = time.time()
+    run_dir = recipe.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    log = RunLog(run_dir, recipe.output.transcripts_per_step, recipe.output.progress)
+    started = init_ray(recipe)
+    try:
+        train_items, eval_items = load_items(recipe, log)
+        log.event(f"run {recipe.name}: {len(train_items)} training items, {len(eval_items)} held out; "
+                  f"run directory {run_dir}")
+        driver, teardown = build_runtime(recipe, train_items, log, MODELS_DIR)
+        try:
+            start = restore(driver, run_dir) if resume else 0
+            if start == 0:
+                driver.evaluate(eval_items, "base", 0)
+                if recipe.train.sft.steps:
+                    sft_warm_start(driver, train_items)
+            before = driver.evaluate(eval_items, "before_rl", start)
+            driver.train(start, recipe.train.steps, checkpoint_fn(driver, run_dir))
+            checkpoint_fn(driver, run_dir)(recipe.train.steps)
+            after = driver.evaluate(eval_items, "after_rl", recipe.train.steps)
+            if before and after:
+                log.event(f"held-out success before RL {before['success']:.3f} -> after RL "
+                          f"{after['success']:.3f} ({100 * (after['success'] - before['success']):+.1f} points)")
+            summary = RunSummary(True, recipe.train.steps, log.evals, asdict(driver.counters), str(run_dir),
+                                 time.time() - t0)
+        finally:
+            teardown()
+    finally:
+        if started:
+            ray.shutdown()
+    log.write_summary(asdict(summary))
+    return summary
+
+
+def read_summary(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
