@@ -22,10 +22,7 @@ from cluster.placement import (RoleSpec, bundle_strategy, create_placement_group
                                remove_placement_groups)
 from cluster.rollout_factory import RolloutWorkerFactory
 from cluster.weight_sync import Probe
-from learner.sft import SFTExample
-from rollout.chat import ChatFormat
-from rollout.single_turn import format_choices
-from rollout.types import Task
+from cluster.sft_data import sft_examples
 
 PROBE = Probe(prompt_ids=(1, 20, 30, 40, 50, 60), target_ids=(70, 80, 90, 100))
 """Fixed sync probe: small token ids, valid in every built-in tokenizer (all have > 1000 tokens)."""
@@ -78,26 +75,6 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: P
 
 
 # ---- SFT warm start ------------------------------------------------------------------------------
-
-def reference_reply(task: Task, answer_pattern: str | None) -> str:
-    """The reply the answer extractor reads ``task.answer`` back from."""
-    if answer_pattern and "<answer>" in answer_pattern:
-        return f"<answer>{task.answer}</answer>"
-    return task.answer
-
-
-def sft_examples(recipe: Recipe, tasks: Sequence[Task]) -> list[SFTExample]:
-    """Single-turn tasks as (system?, user prompt, reference reply) transcripts, written with the
-    exact prompt template the rollout uses, so SFT and RL see the same context."""
-    st = recipe.rollout.single_turn
-    out = []
-    for t in tasks:
-        user = st.prompt_template.format(question=t.question, choices=format_choices(t.choices))
-        msgs = ((("system", st.policy.system_prompt),) if st.policy.system_prompt else ()) + (
-            ("user", user), ("assistant", reference_reply(t, st.answer.pattern)))
-        out.append(SFTExample(msgs, t.image))
-    return out
-
 
 def sft_warm_start(driver: Driver, train_items: Sequence[Any]) -> None:
     """Supervised steps on reference replies for the policy role, then publish the result."""

@@ -26,50 +26,9 @@ import ray
 from ray.exceptions import RayActorError
 
 from cluster.adapter_store import AdapterPayload
-from cluster.config import Recipe, TrainConfig
+from cluster.config import Recipe
+from cluster.schedule import Counters, roles_at, shard, stale_episodes, summarize
 from rollout.episode_arrow import EpisodeBatch
-from rollout.types import Episode
-
-
-def roles_at(train: TrainConfig, trainable: Sequence[str], step: int) -> tuple[str, ...]:
-    """Roles updated at ``step``: all of them ("joint"), or one per phase in turn ("alternating")."""
-    if train.schedule == "joint":
-        return tuple(trainable)
-    order = train.role_order or tuple(trainable)
-    return (order[(step // train.phase_steps) % len(order)],)
-
-
-def shard(items: Sequence[Any], n: int) -> list[list[Any]]:
-    """Split ``items`` into ``n`` contiguous, near-equal shards (the first ones one larger)."""
-    k, r = divmod(len(items), n)
-    out, start = [], 0
-    for i in range(n):
-        end = start + k + (1 if i < r else 0)
-        out.append(list(items[start:end]))
-        start = end
-    return out
-
-
-def stale_episodes(episodes: Sequence[Episode], versions: dict[str, int], adapters: dict[str, str],
-                   max_staleness: int) -> list[bool]:
-    """For each episode: does any trained role's turn lag the adapter's current version by more than
-    ``max_staleness``? ``adapters`` maps role -> adapter name."""
-    out = []
-    for e in episodes:
-        lag = max((versions.get(adapters.get(r, ""), 0) - v for r, v in e.policy_versions.items()), default=0)
-        out.append(lag > max_staleness)
-    return out
-
-
-@dataclass
-class Counters:
-    """Exact episode accounting: produced = trained + dropped (a test checks it)."""
-
-    produced: int = 0
-    trained: int = 0
-    dropped_stale: int = 0
-    retried_shards: int = 0
-    worker_restarts: int = 0
 
 
 @dataclass
@@ -184,14 +143,3 @@ class Driver:
                           {"time/sample": t_sample, "time/step": time.perf_counter() - t0})
             if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0:
                 checkpoint(step + 1)
-
-
-def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
-    """Mean reward, success rate (over episodes where success is defined) and episode count."""
-    n = len(episodes)
-    defined = [e.success for e in episodes if e.success is not None]
-    return {
-        "episodes": float(n),
-        "reward": sum(e.reward for e in episodes) / n if n else 0.0,
-        "success": sum(defined) / len(defined) if defined else 0.0,
-    }

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.driver import summarize
+from cluster.schedule import summarize
 from cluster.metrics import DuetMetrics, RaySink, Recorder
 from rollout.episode_arrow import EpisodeBatch
 

@@ -1,0 +1,95 @@
+"""Recipes (load, overrides, errors naming the field), the driver's pure helpers, SFT examples."""
+
+import pytest
+
+from cluster.config import RecipeError, build_recipe, load_recipe, parse_override
+from cluster.schedule import roles_at, shard, stale_episodes, summarize
+from cluster.recipes import RECIPES_DIR, recipe_path
+from cluster.rollout_factory import eval_config
+from rollout.types import Episode, Task, Turn
+
+pytestmark = pytest.mark.unit
+
+
+def test_every_shipped_recipe_validates():
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+    assert "default" in names
+    for name in names:
+        recipe = load_recipe(recipe_path(name))
+        assert recipe.trainable_roles
+
+
+def test_override_is_parsed_as_toml_and_validated():
+    assert parse_override("train.steps=5") == ("train.steps", 5)
+    assert parse_override("name=abc") == ("name", "abc")
+    assert parse_override('data.train={split="test"}') == ("data.train", {"split": "test"})
+    recipe = load_recipe(None, ("train.steps=7", "roles.policy.learner.optim.lr=0.01"))
+    assert recipe.train.steps == 7
+    assert recipe.roles["policy"].learner.optim.lr == 0.01
+
+
+def test_bad_recipe_names_the_field(tmp_path):
+    with pytest.raises(RecipeError, match=r"train\.steps: Input should be greater than or equal to 0"):
+        load_recipe(None, ("train.steps=-1",))
+    with pytest.raises(RecipeError, match=r"train\.stpes: Extra inputs are not permitted"):
+        load_recipe(None, ("train.stpes=3",))
+    with pytest.raises(RecipeError, match="roles: rollout kind 'dialogue' uses roles"):
+        load_recipe(None, ("rollout.kind=dialogue",))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = \n")
+    with pytest.raises(RecipeError, match="bad.toml: cannot parse recipe"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="learner.role: must be 'policy'"):
+        build_recipe({"roles": {"policy": {"learner": {"role": "reasoner"}}}})
+    with pytest.raises(FileNotFoundError, match="not a shipped recipe"):
+        recipe_path("no_such_recipe")
+
+
+def test_alternating_schedule_switches_role_every_phase():
+    recipe = build_recipe({
+        "rollout": {"kind": "dialogue"},
+        "roles": {"reasoner": {"learner": {"role": "reasoner"}}, "observer": {"learner": {"role": "observer"}}},
+        "train": {"schedule": "alternating", "phase_steps": 2, "role_order": ["observer", "reasoner"]},
+    })
+    got = [roles_at(recipe.train, recipe.trainable_roles, s) for s in range(6)]
+    assert got == [("observer",), ("observer",), ("reasoner",), ("reasoner",), ("observer",), ("observer",)]
+    joint = build_recipe({"rollout": {"kind": "dialogue"},
+                          "roles": {"reasoner": {"learner": {"role": "reasoner"}},
+                                    "observer": {"learner": {"role": "observer"}}}})
+    assert roles_at(joint.train, joint.trainable_roles, 3) == ("observer", "reasoner")
+
+
+def test_shard_is_contiguous_and_complete():
+    assert shard(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert shard([1], 3) == [[1], [], []]
+
+
+def _ep(i, version):
+    turn = Turn("policy", (1,), (2,), (-0.5,), version)
+    return Episode(f"e{i}", "g", "t", (turn,), reward=float(i), success=i % 2 == 0)
+
+
+def test_stale_episodes_by_version_lag():
+    eps = [_ep(0, 5), _ep(1, 4), _ep(2, 3)]
+    # learner at v5: lags 0, 1, 2; bound 1 drops only the last
+    assert stale_episodes(eps, {"policy": 5}, {"policy": "policy"}, 1) == [False, False, True]
+    assert summarize(eps) == {"episodes": 3.0, "reward": 1.0, "success": 2 / 3}
+
+
+def test_eval_config_is_greedy_single_sample():
+    recipe = load_recipe(None)
+    ev = eval_config(recipe.rollout)
+    assert ev.group_size == 1
+    assert ev.single_turn.policy.sampling.temperature == 0.0
+    assert ev.single_turn.policy.sampling.max_tokens == recipe.rollout.single_turn.policy.sampling.max_tokens
+    assert recipe.rollout.single_turn.policy.sampling.temperature == 1.0  # original untouched
+
+
+def test_sft_examples_use_the_rollout_prompt_and_answer_format():
+    from cluster.sft_data import sft_examples
+
+    recipe = load_recipe(None, ('rollout.single_turn.prompt_template="Q: {question}"',
+                                'rollout.single_turn.answer.pattern="<answer>(.*?)</answer>"'))
+    [ex] = sft_examples(recipe, [Task("t", "what color?", "red", image=b"png")])
+    assert ex.messages == (("user", "Q: what color?"), ("assistant", "<answer>red</answer>"))
+    assert ex.image == b"png"
