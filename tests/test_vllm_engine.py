@@ -167,6 +167,11 @@ def test_image_placeholder_is_expanded_once(engine, hf_base) -> None:
     assert c.prompt_ids == expanded
     # A prompt passed already expanded is collapsed first, not expanded twice.
     assert greedy(engine, expanded, images=(png(0),)).prompt_ids == expanded
+    # Vision tokens are never sampled: a sampled pad breaks the learner's forward ("Image features
+    # and image tokens do not match"), as a random-init tiny VLM did here before the ban.
+    vocab = engine.tokenizer.get_vocab()
+    banned = {vocab[t] for t in ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")}
+    assert engine._sampling_params(Sampling()).logit_bias == {t: -100.0 for t in banned}
     with pytest.raises(ValueError, match="1 image placeholders but 2 images"):
         engine.generate([Request(tuple(prompt), (png(0), png(1)))])
 

