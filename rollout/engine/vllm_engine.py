@@ -222,7 +222,9 @@ class VLLMEngine:
         for c in sorted(out.outputs, key=lambda c: c.index):
             ids = tuple(c.token_ids)
             logprobs = tuple(step[t].logprob for step, t in zip(c.logprobs, ids))
-            finish = "length" if c.finish_reason == "length" else "stop"
+            finish = c.finish_reason
+            if finish not in ("stop", "length"):  # "abort"/"error": never a sample to learn from
+                raise RuntimeError(f"vLLM request {out.request_id} ended with {finish!r}")
             result.append(Completion(prompt, ids, logprobs, c.text, finish, version, latency))
         return result * (n // len(result))
 
