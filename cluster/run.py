@@ -12,7 +12,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,10 @@ class RunSummary:
     counters: dict[str, int]
     run_dir: str
     wall_s: float
+    versions: dict[str, int] = field(default_factory=dict)
+    """Adapter -> last version published (and proven on every worker)."""
+    served: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Rollout worker -> adapter -> version it last proved serving (the weight-sync service's view)."""
 
 
 def load_items(recipe: Recipe, log) -> tuple[list[Any], list[Any]]:
@@ -53,6 +57,14 @@ def load_items(recipe: Recipe, log) -> tuple[list[Any], list[Any]]:
         raise ValueError(f"data: {len(overlap)} task ids are in both train and eval, e.g. {sorted(overlap)[:3]}")
     random.Random(recipe.seed).shuffle(train)
     return train, held_out[: recipe.data.eval_size]
+
+
+def earlier_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows of the metrics file an earlier attempt of the run left (kept on resume, not overwritten)."""
+    import pyarrow.parquet as pq
+
+    path = run_dir / "metrics.parquet"
+    return pq.read_table(path).to_pylist() if path.is_file() else []
 
 
 def init_ray(recipe: Recipe) -> bool:
@@ -80,6 +92,7 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
     run_dir = recipe.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    earlier = earlier_rows(run_dir) if resume else []
     log = RunLog(run_dir, recipe.output.transcripts_per_step, recipe.output.progress)
     started = init_ray(recipe)
     try:
@@ -89,6 +102,7 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
         driver, teardown = build_runtime(recipe, train_items, log, MODELS_DIR)
         try:
             start = restore(driver, run_dir) if resume else 0
+            log.rows[:0] = [r for r in earlier if r["step"] < start]  # events (-1) and steps before it
             if start == 0:
                 driver.evaluate(eval_items, "base", 0)
                 if recipe.train.sft.steps:
@@ -100,8 +114,9 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
             if before and after:
                 log.event(f"held-out success before RL {before['success']:.3f} -> after RL "
                           f"{after['success']:.3f} ({100 * (after['success'] - before['success']):+.1f} points)")
+            served = ray.get(driver.sync.served_versions.remote())
             summary = RunSummary(True, recipe.train.steps, log.evals, asdict(driver.counters), str(run_dir),
-                                 time.time() - t0)
+                                 time.time() - t0, dict(driver.versions), served)
         finally:
             teardown()
     finally:
