@@ -186,6 +186,9 @@ class SFTConfig(_Config):
 
     max_length: int = Field(2048, ge=8)
     """Examples longer than this many tokens are refused with an error (never silently cut)."""
+    lr: float | None = Field(None, gt=0.0)
+    """Peak learning rate of SFT steps; None uses ``optim.lr``. A warm start usually wants a
+    larger rate than RL, whose noisy gradients make Adam take full-size steps regardless."""
     role_map: dict[str, str] = Field(default_factory=lambda: {"user": "user", "assistant": "assistant",
                                                               "system": "system"})
     """Transcript speaker -> ChatML role; the loss is on ChatML "assistant" messages only."""

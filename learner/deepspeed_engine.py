@@ -104,9 +104,13 @@ class ZeroEngine:
         """Accumulate gradients of ``loss`` (already scaled by the caller; no 1/GAS scaling here)."""
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def step(self) -> float:
+    def step(self, lr_scale: float = 1.0) -> float:
         """One optimizer + schedule step over the accumulated gradients; returns the global grad norm
-        (before clipping)."""
+        (before clipping). ``lr_scale`` multiplies every group's rate for this step only (the
+        schedule's ``step`` rewrites the rates from their base values right after)."""
+        if lr_scale != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= lr_scale
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")

@@ -248,10 +248,11 @@ class LearnerRank:
         self.zero.train(True)
         for rows in self._micro_slots(range(batch.num_rows)):
             nll += self._sft_micro(batch, rows, total)
-        norm = self.zero.step()
+        sft_lr = self.config.sft.lr
+        norm = self.zero.step(lr_scale=sft_lr / self.config.optim.lr if sft_lr else 1.0)
         self.sft_steps += 1
         nll = float(self.zero.all_reduce_sum(torch.tensor([nll], dtype=torch.float64))[0])
-        return {"sft/loss": nll, "sft/tokens": total, "optim/grad_norm": norm, "optim/lr": self.zero.lr(),
+        return {"sft/loss": nll, "sft/tokens": total, "optim/grad_norm": norm, "optim/lr": self.config.sft.lr or self.zero.lr(),
                 "time/step": time.perf_counter() - t0, "learner/sft_step": float(self.sft_steps)}
 
     def _sft_micro(self, batch: SFTBatch, rows: list[int], total: float) -> float:
