@@ -265,7 +265,7 @@ class LearnerRank:
             r, t = len(rows), sel.input_ids.shape[1]
             s, _ = sft_loss_sums(lp[:r, :t], sel.loss_mask)
             loss = loss + s / total * self.world_size
-            share = float(s) / total
+            share = s.item() / total
         self.zero.backward(loss)
         return share
 
