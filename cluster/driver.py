@@ -79,7 +79,9 @@ class Driver:
         self.counters.retried_shards += 1
         self.log.event(f"rollout worker {wid} died; waiting for its restart and re-running its shard")
         worker = self.workers[wid]
-        ray.get(worker.ping.remote(), timeout=300)
+        # a call to a restarting actor fails at once (ActorUnavailableError) unless it may be retried:
+        # the ping (idempotent) is, so it waits for the restart instead of failing the run
+        ray.get(worker.ping.options(max_task_retries=-1).remote(), timeout=300)
         for report in ray.get(self.sync.catch_up.remote(wid)):
             self.log.sync(report)
         return ray.get(worker.rollout.remote(part, dict(self.versions), step=step))
