@@ -30,13 +30,18 @@ TAG = "state"
 
 
 def rng_state() -> dict:
-    """This process's torch CPU and Python RNG states."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """This process's torch (CPU and, if present, CUDA) and Python RNG states."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save(zero, directory: str | Path, learner_state: dict, rank: int) -> str:

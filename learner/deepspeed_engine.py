@@ -94,8 +94,15 @@ class ZeroEngine:
     def world_size(self) -> int:
         return dist.get_world_size()
 
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
     def forward(self, **kwargs) -> tuple:
-        return self.engine(**kwargs)
+        """The module's forward with tensor inputs moved to the engine's device; its (B, T) outputs
+        come back on the CPU (autograd follows the copy; the (B, T, V) logits never leave the device)."""
+        moved = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+        return tuple(None if x is None else x.cpu() for x in self.engine(**moved))
 
     def train(self, mode: bool = True) -> None:
         self.engine.train(mode)
@@ -158,10 +165,11 @@ class ZeroEngine:
 
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Element-wise sum over ranks (returns a new tensor; float64 for exactness of scalar sums)."""
-        y = x.clone()
-        if self.world_size > 1:
-            dist.all_reduce(y, op=dist.ReduceOp.SUM)
-        return y
+        if self.world_size == 1:
+            return x.clone()
+        y = x.to(self.device, copy=True)  # NCCL reduces device tensors only
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y.cpu()
 
     def barrier(self) -> None:
         if self.world_size > 1:
