@@ -48,9 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(json.dumps(recipe.model_dump(mode="json"), indent=2))
         return 0
+    from cluster.placement import PlanDoesNotFit
     from cluster.run import run_training
 
-    summary = run_training(recipe, resume=args.resume)
+    try:
+        summary = run_training(recipe, resume=args.resume)
+    except (PlanDoesNotFit, FileNotFoundError) as err:
+        print(f"duet: {err}", file=sys.stderr)
+        return 1
     return 0 if summary.completed else 1
 
 
