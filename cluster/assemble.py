@@ -57,7 +57,7 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: P
                .remote(factory, f"rollout-{i}", root) for i in range(c.rollout_workers)}
     wait_alive(list(workers.values()), timeout_s=600)
     log.event(f"{len(workers)} rollout worker(s) up")
-    sync = start_sync_service(PROBE, tolerance=1e-3)
+    sync = start_sync_service(PROBE, tolerance=1e-4)
     register_workers(sync, workers)
     driver = Driver(recipe, workers, learners, sync, log, train_items)
     for role in recipe.trainable_roles:
