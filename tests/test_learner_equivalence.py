@@ -278,3 +278,59 @@ def test_two_ranks_equal_one_rank(one_rank_run, world2, text_lm, stage):
     print(f"ZeRO-{stage} 2 ranks vs 1 rank: worst adapter difference {worst:.3g}")
     assert worst < 1e-6
     assert max(float(v.abs().max()) for k, v in s1.items() if "lora_B" in k) > 1e-4  # it trained
+
+
+def vlm_batch(vlm_dir: str, seed: int, n: int = 5) -> EpisodeBatch:
+    """Observer turns on the tiny Qwen2-VL; every third one has no image (ScienceQA has text-only
+    questions), images of different sizes, placeholders expanded by the processor."""
+    import io
+
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from rollout.episode_arrow import image_hash
+
+    proc = AutoProcessor.from_pretrained(vlm_dir)
+    rng = random.Random(seed)
+    eps, images = [], {}
+    for i in range(n):
+        with_image = i % 3 != 2
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": "what colour?"}]
+        text = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        hashes = ()
+        if with_image:
+            img = Image.fromarray(np.random.RandomState(seed * 10 + i).randint(0, 255, (56 + 28 * i, 84, 3), dtype=np.uint8))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            hashes = (image_hash(buf.getvalue()),)
+            images[hashes[0]] = buf.getvalue()
+            ids = proc(text=[text], images=[img], return_tensors="pt")["input_ids"][0].tolist()
+        else:
+            ids = proc(text=[text], return_tensors="pt")["input_ids"][0].tolist()
+        out = tuple(rng.randrange(20, 3000) for _ in range(rng.randrange(2, 6)))
+        turn = Turn("observer", tuple(ids), out, tuple(-8.0 for _ in out), 0, image_hashes=hashes)
+        eps.append(Episode(f"v{i}", f"g{i // 3}", "t", (turn,), reward=float(i % 2)))
+    return EpisodeBatch(tuple(eps), images)
+
+
+def test_vlm_zero3_two_ranks_equal_one_rank(world1, world2, models_dir):
+    # 5 observer rows, two without an image, micro batch 1: ranks get 3 and 2 rows (one dummy slot),
+    # and micro batches without an image run a dummy image row so the vision tower runs on both ranks.
+    vlm = str(models_dir / "tiny-qwen2-vl")
+    algo = AlgoConfig(advantage_estimator="gae", kl_coef=0.05, entropy_coef=0.01)
+    runs = []
+    for world, stage in ((world1, 2), (world2, 3)):
+        cfg = LearnerConfig(role="observer", zero_stage=stage, micro_batch_size=1, value_head_hidden=16, algo=algo,
+                            optim=OptimConfig(optimizer="sgd", lr=0.1))  # SGD: no Adam amplification of noise
+        group = LocalLearnerGroup(world, f"vlm-{stage}", cfg, vlm)
+        metrics = [group.train_step(vlm_batch(vlm, s)) for s in range(2)]
+        runs.append((metrics, state_of(group.adapter_files(1)), group.value_head_state()))
+        group.close()
+    (m1, s1, h1), (m2, s2, h2) = runs
+    for a, b in zip(m1, m2):
+        for k in ("loss/policy", "loss/value", "loss/kl", "policy/entropy", "value/explained_variance"):
+            assert b[k] == pytest.approx(a[k], abs=1e-6, rel=1e-5), k
+    worst = max(float((s1[k] - s2[k]).abs().max()) for k in s1)
+    print(f"VLM ZeRO-3 2 ranks vs 1 rank: worst adapter difference {worst:.3g}")
+    assert worst < 1e-6 and max(float((h1[k] - h2[k]).abs().max()) for k in h1) < 1e-6
+    assert max(float(v.abs().max()) for k, v in s1.items() if "lora_B" in k) > 1e-4  # it trained
