@@ -76,8 +76,10 @@ def init_ray(recipe: Recipe) -> bool:
     if recipe.cluster.address:
         ray.init(address=recipe.cluster.address, log_to_driver=True)
         return False
-    ray.init(num_cpus=recipe.cluster.num_cpus, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    # address="local": always a new instance; with None, ray.init joins the cluster named in
+    # /tmp/ray/ray_current_cluster (the last `ray start` or ray.cluster_utils.Cluster of anyone)
+    ray.init(address="local", num_cpus=recipe.cluster.num_cpus, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
     return True
 
 
