@@ -2,7 +2,8 @@
 started by this test, then the job's status and logs read back through the Jobs REST API.
 
 The head is its own cluster (not the session's ``ray_cluster``): ``ray start --head --block`` in a
-new process group, on free ports and a private temp dir, torn down by signalling that group (never
+new process group, on free ports and a private temp dir (so it does not write the machine-wide
+``/tmp/ray/ray_current_cluster``), torn down by signalling that process and its group (never
 ``ray stop``, which would stop every Ray instance of the user on the machine).
 
 Auth: Ray 2.60 turns token authentication on for ``ray start`` when a token is available. The test
@@ -74,18 +75,20 @@ def http_status(url: str, headers: dict[str, str]) -> int:
 
 
 def stop_head(proc: subprocess.Popen, temp_dir: str) -> None:
-    """Stop only what this test started: the head's process group, then any process still using
-    its private temp dir (by pid)."""
-    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+    """Stop only what this test started. SIGTERM to ``ray start`` alone: it drains the node and
+    stops its processes (~4 s; signalling the whole group at once kills the GCS first and the drain
+    then waits 30 s for it). Then SIGKILL to whatever is left in the head's process group, and to
+    any process still naming its private temp dir."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
     for p in psutil.process_iter(["pid", "cmdline"]):
         if temp_dir in " ".join(p.info["cmdline"] or []):
             try:
