@@ -1,0 +1,134 @@
+"""What a benchmark hands back (:class:`Section`) and how the suite writes it: one Markdown table per
+section, a table of the issue's targets, and a JSON file with every raw figure.
+
+Pure formatting (standard library only): unit tested on hand-built sections.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+Cell = str | int | float | None
+
+
+@dataclass(frozen=True)
+class Check:
+    """One target of the issue, against what this run measured."""
+
+    target: str
+    """The target in words, e.g. "end-to-end samples/s >= 3x TRL"."""
+    measured: str
+    """The measured figure in words, e.g. "1.42x"."""
+    met: bool | None
+    """True/False; None when the figure could not be measured."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """The result of one benchmark: a table, the targets it checks, notes and raw figures."""
+
+    name: str
+    """Short name, as on the command line ("e2e", "sync", ...)."""
+    title: str
+    header: tuple[str, ...] = ()
+    rows: tuple[tuple[Cell, ...], ...] = ()
+    """Table rows, each as long as ``header``."""
+    checks: tuple[Check, ...] = ()
+    notes: tuple[str, ...] = ()
+    """What was measured and how, caveats; one bullet each."""
+    data: Mapping[str, Any] = field(default_factory=dict)
+    """Raw figures (per-step times, settings) for the JSON file."""
+    error: str = ""
+    """Why the benchmark failed ("" when it ran)."""
+
+    def __post_init__(self) -> None:
+        for row in self.rows:
+            if len(row) != len(self.header):
+                raise ValueError(f"section {self.name}: row {row!r} has {len(row)} cells, header {len(self.header)}")
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> Section:
+        """Inverse of ``dataclasses.asdict`` (JSON turns tuples into lists)."""
+        return Section(d["name"], d["title"], tuple(d.get("header", ())), tuple(tuple(r) for r in d.get("rows", ())),
+                       tuple(Check(**c) for c in d.get("checks", ())), tuple(d.get("notes", ())),
+                       dict(d.get("data", {})), d.get("error", ""))
+
+
+def failed(name: str, title: str, error: str) -> Section:
+    """The section of a benchmark that did not finish."""
+    return Section(name, title, error=error)
+
+
+def fmt(value: Cell) -> str:
+    """A table cell: None -> "-", integers as is, floats to 3 significant digits (plain notation
+    from 0.001 to 1e6, else scientific), strings unchanged."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or isinstance(value, (int, str)):
+        return str(value)
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e6:
+        digits = max(0, 2 - int(math.floor(math.log10(abs(value))))) if value else 0
+        return f"{value:.{digits}f}"
+    return f"{value:.2e}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Cell]]) -> str:
+    """A GitHub Markdown table (``|`` in cells escaped)."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = [line(list(header)), "|" + "|".join("---" for _ in header) + "|"]
+    out += [line([fmt(c) for c in row]) for row in rows]
+    return "\n".join(out)
+
+
+def met_word(met: bool | None) -> str:
+    return {True: "yes", False: "**no**", None: "not measured"}[met]
+
+
+def targets_table(sections: Sequence[Section]) -> str:
+    rows = [(c.target, c.measured, met_word(c.met)) for s in sections for c in s.checks]
+    return markdown_table(("target (issue 6)", "measured", "met"), rows)
+
+
+def section_markdown(section: Section) -> str:
+    parts = [f"## {section.title}", ""]
+    if section.error:
+        parts += [f"**Failed:** `{section.error.strip()[-1500:]}`", ""]
+    if section.header:
+        parts += [markdown_table(section.header, section.rows), ""]
+    parts += [f"- {n}" for n in section.notes]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def machine_markdown(machine: Mapping[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
+    load = machine.get("load_average", {})
+    return "\n".join([
+        f"- CPU: {machine.get('cpu_model', '?')}, {machine.get('cores', '?')} cores; "
+        f"RAM {fmt(machine.get('ram_gib'))} GiB; {machine.get('platform', '')}",
+        f"- load average (1/5/15 min) at start {load.get('start')}, at end {load.get('end')}",
+        f"- versions: {versions}",
+        f"- commit {machine.get('commit', '?')}; run {machine.get('started', '?')}, "
+        f"{fmt(machine.get('wall_s'))} s in all",
+    ])
+
+
+def render_markdown(machine: Mapping[str, Any], sections: Sequence[Section], command: str) -> str:
+    """The whole results file: machine, targets, then one part per section."""
+    parts = ["# duet-rl benchmark results", "",
+             f"Written by `{command}`. Every figure and ratio below was measured in this one run; "
+             "nothing is carried over from earlier runs.", "", "## Machine", "", machine_markdown(machine), "",
+             "## Targets", "", targets_table(sections), ""]
+    parts += [section_markdown(s) for s in sections]
+    return "\n".join(parts)
+
+
+def render_json(machine: Mapping[str, Any], sections: Sequence[Section]) -> str:
+    return json.dumps({"machine": dict(machine), "sections": [asdict(s) for s in sections]}, indent=2,
+                      default=str) + "\n"
