@@ -59,7 +59,8 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: P
     log.event(f"{len(workers)} rollout worker(s) up")
     sync = start_sync_service(PROBE, tolerance=1e-4)
     register_workers(sync, workers)
-    driver = Driver(recipe, workers, learners, sync, log, train_items)
+    pids = dict(zip(workers, ray.get([w.pid.remote() for w in workers.values()])))
+    driver = Driver(recipe, workers, learners, sync, log, train_items, pids=pids)
     for role in recipe.trainable_roles:
         driver.publish(role)
 

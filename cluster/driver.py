@@ -45,6 +45,8 @@ class Driver:
     train_items: Sequence[Any]
     versions: dict[str, int] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
+    pids: dict[str, int] = field(default_factory=dict)
+    """Process id of each rollout worker when last seen (a new one means Ray restarted it)."""
 
     # ---- phases ------------------------------------------------------------------------------
 
@@ -75,16 +77,23 @@ class Driver:
         return batch, stats
 
     def retry(self, wid: str, part: list[Any], step: int):
-        self.counters.worker_restarts += 1
         self.counters.retried_shards += 1
-        self.log.event(f"rollout worker {wid} died; waiting for its restart and re-running its shard")
-        worker = self.workers[wid]
-        # a call to a restarting actor fails at once (ActorUnavailableError) unless it may be retried:
-        # the ping (idempotent) is, so it waits for the restart instead of failing the run
-        ray.get(worker.ping.options(max_task_retries=-1).remote(), timeout=300)
+        self.log.event(f"rollout worker {wid} died during a rollout; waiting for its restart and "
+                       f"re-running its shard")
+        self.revive(wid)
         for report in ray.get(self.sync.catch_up.remote(wid)):
             self.log.sync(report)
-        return ray.get(worker.rollout.remote(part, dict(self.versions), step=step))
+        return ray.get(self.workers[wid].rollout.remote(part, dict(self.versions), step=step))
+
+    def revive(self, wid: str) -> None:
+        """Wait until Ray has restarted worker ``wid``; count the restart once, by its new process id
+        (in async mode one death can fail both a sync and the rollout call it overlapped)."""
+        # a call to a restarting actor fails at once (ActorUnavailableError) unless it may be retried:
+        # ``pid`` (idempotent) is, so it waits for the restart instead of failing the run
+        pid = ray.get(self.workers[wid].pid.options(max_task_retries=-1).remote(), timeout=300)
+        if self.pids.get(wid) != pid:
+            self.counters.worker_restarts += 1
+            self.pids[wid] = pid
 
     def drop_stale(self, batch: EpisodeBatch) -> EpisodeBatch:
         adapters = {r: (c.adapter or "") for r, c in self.recipe.rollout.roles().items()}
@@ -95,13 +104,22 @@ class Driver:
         return EpisodeBatch(kept, batch.images)
 
     def publish(self, role: str) -> Any:
-        """Export ``role``'s adapter as the next version, push it to every worker, prove arrival."""
+        """Export ``role``'s adapter as the next version, push it to every worker, prove arrival.
+        Workers that died during the sync are waited for (Ray restarts them) and synced again."""
         version = self.versions.get(self.adapter_of(role), 0) + 1
         learner = self.learners[role]
         payload = AdapterPayload.from_files(learner.adapter_files(version))
         expected = learner.probe_logprobs(ray.get(self.sync.get_probe.remote()))
         report = ray.get(self.sync.publish.remote(payload, expected))
         self.log.sync(report)
+        dead = [f.worker_id for f in report.failures if f.reason.startswith("unreachable")]
+        for wid in dead:
+            self.log.event(f"rollout worker {wid} died during the sync of {role} v{version}; waiting for "
+                           f"its restart and syncing it again")
+            self.revive(wid)
+        if dead:  # the same version again: workers that already serve it only re-prove it
+            report = ray.get(self.sync.publish.remote(payload, expected))
+            self.log.sync(report)
         if not report.all_proven:
             raise RuntimeError(f"sync of {role} v{version} not proven on every worker: {report.failures}")
         self.versions[self.adapter_of(role)] = version
