@@ -1,15 +1,24 @@
 """Fault tolerance end to end: a rollout worker's process is killed (SIGKILL) in the middle of a real
 ``duet train`` run (2 vLLM rollout workers, DeepSpeed learner, local Ray in the CLI process).
 
-The test watches the run from outside, like an operator would: once step 0 is in metrics.parquet
-it waits until a rollout-worker process of *this* run (a descendant of the CLI process; other Ray
-instances on the machine are never touched) shows Ray's process title
-``ray::RolloutWorkerHost.rollout`` (a rollout call executing), and kills it. Ray restarts the actor
-(``max_restarts=-1``); the driver sees the failed call, waits for the restart, catches the worker up
-to the current adapter through the weight-sync service and re-runs the lost shard.
+The test watches the run from outside, like an operator would, and kills processes of *this* run
+only (descendants of the CLI process; other Ray instances on the machine are never touched). Ray
+titles an actor process by the method it executes, which times the kills:
+
+1. once step 0 is in metrics.parquet, a worker showing ``ray::RolloutWorkerHost.rollout``: the
+   driver sees the rollout call fail, waits for Ray's restart (``max_restarts=-1``), catches the
+   worker up to the current adapter through the weight-sync service and re-runs the lost shard;
+2. after that replacement is up, a worker (an idle one if any) while ``ray::LearnerActor.train_step``
+   runs: the weight sync of that update finds it dead; the driver waits for the restart and
+   publishes the same version again, proven on both workers.
+
+The run is async (the default recipe's mode, pinned here): the update of step t and its weight sync
+overlap the rollouts of step t+1, so either death may be met by a sync and by a failed rollout
+call (then its shard is re-run); each restart is counted once, however many calls met it.
 
 Hand-worked expectations: 4 steps x 4 tasks x group 2 = 32 episodes, 8 per step, each counted once;
-adapter v1 at start-up plus one per step = v5 at the end, served (and probe-proven) by both workers.
+2 restarts; adapter v1 at start-up plus one per step = v5 at the end, served (and
+probe-proven) by both workers.
 """
 
 import json
@@ -18,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -30,9 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS, TASKS, GROUP = 4, 4, 2
 RECIPE = (f"train.steps={STEPS}", f"data.tasks_per_step={TASKS}", f"rollout.group_size={GROUP}",
           "data.eval_size=4", "train.sft.steps=0", "output.transcripts_per_step=1", "name=faults",
-          "cluster.rollout_workers=2", "cluster.rollout_cpus=0.5",
+          "cluster.rollout_workers=2", "cluster.rollout_cpus=0.5", "train.mode=async", "train.max_staleness=1",
           # longer replies make a rollout call last long enough to be caught executing
           "rollout.single_turn.policy.sampling.max_tokens=32")
+WORKER = "ray::RolloutWorkerHost"
 
 
 def logged_steps(run_dir: Path) -> list[int]:
@@ -44,45 +55,88 @@ def logged_steps(run_dir: Path) -> list[int]:
     return sorted({r["step"] for r in rows if r["scope"] == "rollout"})
 
 
-def worker_processes(root_pid: int, title: str = "ray::RolloutWorkerHost") -> dict[int, str]:
-    """pid -> process title of this run's rollout-worker actor processes."""
+def titles(root_pid: int) -> dict[int, str]:
+    """pid -> process title of every descendant of the run's CLI process (its Ray and actors)."""
     out = {}
-    for p in psutil.Process(root_pid).children(recursive=True):
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.Error:  # the run just ended
+        return out
+    for p in children:
         try:
-            cmd = " ".join(p.cmdline())
+            out[p.pid] = " ".join(p.cmdline())
         except psutil.Error:
             continue
-        if cmd.startswith(title):
-            out[p.pid] = cmd
     return out
 
 
+def workers(procs: dict[int, str]) -> set[int]:
+    return {pid for pid, t in procs.items() if t.startswith(WORKER)}
+
+
+def busy_in_rollout(procs: dict[int, str]) -> list[int]:
+    """Workers executing a rollout call (Ray titles an actor process by the method it runs)."""
+    return [pid for pid, t in procs.items() if t.startswith(f"{WORKER}.rollout")]
+
+
+def during_update(procs: dict[int, str]) -> list[int]:
+    """Workers (idle ones first) while the learner trains: the driver's next call to every worker
+    is the weight sync of this update (in async mode a worker may still be rolling out step t+1)."""
+    if not any(t.startswith("ray::LearnerActor.train_step") for t in procs.values()):
+        return []
+    return sorted(workers(procs), key=lambda pid: procs[pid] != WORKER)
+
+
+@dataclass
+class Kill:
+    when: str
+    """"rollout" (killed while running one) or "update" (killed while the learner trained)."""
+    pid: int
+    steps_logged: list[int]
+    """Steps in metrics.parquet at the kill."""
+    workers_before: set[int]
+    replacement: int | None = None
+    """The new worker process Ray started for it."""
+
+
 class Killer(threading.Thread):
-    """Kills one rollout-worker process of the run while it executes a rollout after step 0, then
-    waits for Ray to start its replacement process."""
+    """After step 0 is logged, kills one rollout-worker process while it runs a rollout, waits for
+    Ray to start its replacement, then kills one while the learner trains (so that the weight sync
+    of that update finds it dead), and waits for that replacement too."""
+
+    PLAN = (("rollout", busy_in_rollout), ("update", during_update))
 
     def __init__(self, proc: subprocess.Popen, run_dir: Path) -> None:
         super().__init__(daemon=True)
         self.proc, self.run_dir = proc, run_dir
-        self.killed_pid: int | None = None
-        self.replacement_pid: int | None = None
-        self.steps_before_kill: list[int] = []
+        self.kills: list[Kill] = []
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def run(self) -> None:
-        while self.proc.poll() is None and 0 not in logged_steps(self.run_dir):
+        while self.alive() and 0 not in logged_steps(self.run_dir):
             time.sleep(0.05)
-        while self.proc.poll() is None and self.killed_pid is None:
-            before = worker_processes(self.proc.pid)
-            busy = [pid for pid, title in before.items() if title.startswith("ray::RolloutWorkerHost.rollout")]
-            if busy:
-                self.steps_before_kill = logged_steps(self.run_dir)
-                psutil.Process(busy[0]).kill()
-                self.killed_pid = busy[0]
-            time.sleep(0.01)
-        while self.proc.poll() is None and self.replacement_pid is None:
-            new = set(worker_processes(self.proc.pid)) - set(before)
-            self.replacement_pid = min(new) if new else None
-            time.sleep(0.1)
+        for when, choose in self.PLAN:
+            kill = self.kill_first(when, choose)
+            if kill is None:
+                return
+            self.kills.append(kill)
+            while self.alive() and kill.replacement is None:
+                new = workers(titles(self.proc.pid)) - kill.workers_before
+                kill.replacement = min(new) if new else None
+                time.sleep(0.1)
+
+    def kill_first(self, when: str, choose) -> Kill | None:
+        while self.alive():
+            procs = titles(self.proc.pid)
+            victims = choose(procs)
+            if victims:
+                steps = logged_steps(self.run_dir)
+                psutil.Process(victims[0]).kill()
+                return Kill(when, victims[0], steps, workers(procs))
+            time.sleep(0.02)
+        return None
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +161,23 @@ def faulty_run(tmp_path_factory, models_dir):
     return run_dir, out, killer
 
 
-def test_a_worker_was_killed_mid_run_and_restarted(faulty_run):
-    _, out, killer = faulty_run
-    assert killer.killed_pid is not None, "no rollout call was caught executing"
-    assert 0 in killer.steps_before_kill and max(killer.steps_before_kill) < STEPS - 1  # mid-run
-    assert killer.replacement_pid is not None and killer.replacement_pid != killer.killed_pid
-    died = [ln for ln in out.splitlines() if "died; waiting for its restart" in ln]
-    assert len(died) == 1, out[-4000:]
+def events(out: str, what: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ln.startswith("[duet] rollout worker") and what in ln]
+
+
+def test_two_workers_were_killed_mid_run_and_restarted(faulty_run):
+    run_dir, out, killer = faulty_run
+    assert [k.when for k in killer.kills] == ["rollout", "update"], out[-4000:]
+    for k in killer.kills:
+        assert 0 in k.steps_logged and max(k.steps_logged) < STEPS - 1  # mid-run
+        assert k.replacement is not None and k.replacement not in k.workers_before
+    reruns = events(out, "died during a rollout; waiting for its restart and re-running its shard")
+    resyncs = events(out, "died during the sync of policy v")
+    # the first kill always fails a rollout call, the second always a sync; each may also meet the other
+    assert 1 <= len(reruns) <= 2 and 1 <= len(resyncs) <= 2, out[-4000:]
+    c = json.loads((run_dir / "summary.json").read_text())["counters"]
+    assert c["retried_shards"] == len(reruns)
+    assert c["worker_restarts"] == 2  # two processes died, each counted once
 
 
 def test_no_episode_lost_or_counted_twice(faulty_run):
@@ -122,26 +186,36 @@ def test_no_episode_lost_or_counted_twice(faulty_run):
     c = summary["counters"]
     assert summary["completed"] is True
     assert c["produced"] == c["trained"] + c["dropped_stale"] == STEPS * TASKS * GROUP == 32
-    assert c["worker_restarts"] == 1 and c["retried_shards"] == 1
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     per_step = [r["value"] for r in metrics if r["scope"] == "rollout" and r["name"] == "episodes"]
-    assert per_step == [8.0] * STEPS  # the step whose shard was re-run still has all its episodes
+    assert per_step == [8.0] * STEPS  # a step whose shard was re-run still has all its episodes
 
 
-def test_restarted_worker_caught_up_and_serves_the_current_adapter(faulty_run):
-    run_dir, out, _ = faulty_run
+def sync_rows(rows):
+    """(version, proven workers) of each sync report, in log order."""
+    pairs = [r for r in rows if r["scope"] == "sync/policy" and r["name"] in ("version", "proven_workers")]
+    return [(a["value"], b["value"]) for a, b in zip(pairs[::2], pairs[1::2])]
+
+
+def test_restarted_workers_caught_up_and_serve_the_current_adapter(faulty_run):
+    run_dir, _, _ = faulty_run
     summary = json.loads((run_dir / "summary.json").read_text())
     final = 1 + STEPS
     assert summary["versions"] == {"policy": final}
     assert summary["served"] == {"rollout-0": {"policy": final}, "rollout-1": {"policy": final}}
-    # The catch-up sync sits between the death event and the step it interrupted; it brought the
-    # restarted worker to the version current at the kill (v1 + the steps finished before it), not v1.
     rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
-    i_died = next(i for i, r in enumerate(rows) if "died; waiting for its restart" in r["name"])
-    done = [r["step"] for r in rows[:i_died] if r["scope"] == "rollout" and r["name"] == "episodes"]
-    catch_up = next(r for r in rows[i_died:] if r["scope"] == "sync/policy" and r["name"] == "version")
-    proven = next(r for r in rows[i_died:] if r["scope"] == "sync/policy" and r["name"] == "proven_workers")
-    assert catch_up["value"] == 1 + len(set(done)) and proven["value"] == 1.0  # one worker caught up
-    versions = [r["value"] for r in rows if r["scope"] == "sync/policy" and r["name"] == "version"]
+    for i, r in enumerate(rows):
+        if r["scope"] != "event" or " died during " not in r["name"]:
+            continue
+        before, after = sync_rows(rows[:i]), sync_rows(rows[i:])
+        if "during a rollout" in r["name"]:
+            # catch-up of that one worker to the latest version published so far (not v1)
+            assert after[0] == (before[-1][0], 1.0) and before[-1][0] >= 2
+        else:
+            # the publish of vK reached 1 of 2 workers; vK again once the worker is back: both
+            k = float(r["name"].split(" of policy v")[1].split(";")[0])
+            assert before[-1] == (k, 1.0) and after[0] == (k, 2.0)
+    versions = [v for v, _ in sync_rows(rows)]
     assert versions == sorted(versions) and versions[-1] == final
-    assert len(versions) == final + 1  # v1..v5 to both workers, plus the one catch-up
+    # every version v1..v5 ends proven on both workers
+    assert {v for v, n in sync_rows(rows) if n == 2.0} == set(range(1, final + 1))
