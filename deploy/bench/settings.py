@@ -110,7 +110,8 @@ def recipe_overrides(e2e: E2ESettings, name: str, out_dir: Path, steps: int, mod
         "roles.policy.learner.lora.r": e2e.lora_r, "roles.policy.learner.lora.alpha": e2e.lora_alpha,
         "roles.policy.learner.optim.lr": e2e.lr, "roles.policy.learner.micro_batch_size": e2e.samples_per_step,
         "roles.policy.learner.algo.minibatches": 1, "roles.policy.learner.algo.epochs": 1,
-        "roles.policy.learner.algo.kl_coef": 0.0,
+        "roles.policy.learner.algo.kl_coef": 0.0, "roles.policy.learner.algo.entropy_coef": 0.0,
+        "roles.policy.learner.algo.advantage_estimator": '"grpo"', "roles.policy.learner.algo.loss_agg": '"token-mean"',
         "train.steps": steps, "train.sft.steps": 0, "train.mode": f'"{mode}"', "train.checkpoint_every": 0,
         "cluster.num_cpus": 2,
     }

@@ -96,8 +96,9 @@ def start_workers(recipe: Any, work: Path, count: int) -> dict[str, Any]:
 
 
 def adapter_syncs(recipe: Any, learner: Any, workers: Mapping[str, Any], versions: dict[str, int],
-                  n: int) -> tuple[list[float], list[float], int]:
-    """``n`` publishes to ``workers`` through a fresh service; (service s, driver s, nodes reached)."""
+                  n: int) -> tuple[list[float], list[float], list[float], int]:
+    """``n`` publishes to ``workers`` through a fresh service; (service s, driver s, slowest worker's
+    materialize + load s, nodes reached)."""
     import ray
 
     from cluster.actors import register_workers, start_sync_service
@@ -107,17 +108,18 @@ def adapter_syncs(recipe: Any, learner: Any, workers: Mapping[str, Any], version
     service = start_sync_service(PROBE, tolerance=1e-3)
     register_workers(service, workers)
     driver = Driver(recipe, dict(workers), {"policy": learner}, service, _Log(), [], versions)
-    service_s, driver_s, nodes = [], [], set()
+    service_s, driver_s, load_s, nodes = [], [], [], set()
     try:
         for _ in range(n):
             t0 = time.perf_counter()
             report = driver.publish("policy")  # raises unless every worker proved the version
             driver_s.append(time.perf_counter() - t0)
             service_s.append(report.latency_s)
+            load_s.append(max(a.load_s for a in report.acks))
             nodes |= {a.node_id for a in report.acks}
     finally:
         ray.kill(service)
-    return service_s, driver_s, len(nodes)
+    return service_s, driver_s, load_s, len(nodes)
 
 
 def full_reloads(workers: Mapping[str, Any], files: Mapping[str, bytes], first_version: int, n: int,
@@ -135,15 +137,19 @@ def full_reloads(workers: Mapping[str, Any], files: Mapping[str, bytes], first_v
     return seconds
 
 
-def _timed(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _phases(*steps: Any) -> list[float]:
+    """Seconds of each callable in ``steps``, run in order."""
+    out = []
+    for step in steps:
+        t0 = time.perf_counter()
+        step()
+        out.append(time.perf_counter() - t0)
+    return out
 
 
-def one_engine(model: str, recipe: Any, loads: int, reloads: int, work: Path) -> dict[str, list[float]]:
-    """Adapter load + probe vs full reload + probe on one in-process engine serving ``model``;
-    each version's files are first written (copied) to a new directory, as a worker writes them."""
+def one_engine(model: str, recipe: Any, loads: int, reloads: int, work: Path) -> dict[str, Any]:
+    """Adapter vs full reload on one in-process engine serving ``model``: per version, seconds to
+    write its files to a new directory (as a worker does), load them, score the probe."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -158,21 +164,21 @@ def one_engine(model: str, recipe: Any, loads: int, reloads: int, work: Path) ->
     engine = VLLMEngine(model_dir, recipe.roles["policy"].engine)
     probe = (PROBE.prompt_ids, PROBE.target_ids)
 
-    def load(v: int) -> None:
-        shutil.copytree(work / "lora", work / f"lora-v{v}")
-        engine.load_adapter(AdapterRef("policy", v, str(work / f"lora-v{v}")))
-        engine.score(*probe, "policy")
+    def adapter(v: int) -> list[float]:
+        d = work / f"lora-v{v}"
+        return _phases(lambda: shutil.copytree(work / "lora", d),
+                       lambda: engine.load_adapter(AdapterRef("policy", v, str(d))),
+                       lambda: engine.score(*probe, "policy"))
 
-    def reload(v: int) -> None:
-        (work / f"full-v{v}").mkdir()
-        for name in ("config.json", "model.safetensors"):
-            shutil.copyfile(model_dir / name, work / f"full-v{v}" / name)
-        engine.reload_weights(work / f"full-v{v}", v)
-        engine.score(*probe, None)
+    def full(v: int) -> list[float]:
+        d = work / f"full-v{v}"
+        copy = lambda: [shutil.copyfile(model_dir / n, d / n) for n in ("config.json", "model.safetensors")]  # noqa: E731
+        d.mkdir()
+        times = _phases(copy, lambda: engine.reload_weights(d, v), lambda: engine.score(*probe, None))
         shutil.rmtree(work / f"full-v{v - 1}", ignore_errors=True)
+        return times
 
-    load_s = [_timed(lambda: load(v)) for v in range(1, loads + 1)]
-    return {"load_s": load_s, "full_s": [_timed(lambda: reload(v)) for v in range(1, reloads + 1)],
+    return {"adapter": [adapter(v) for v in range(1, loads + 1)], "full": [full(v) for v in range(1, reloads + 1)],
             "adapter_kib": (work / "lora" / "adapter_model.safetensors").stat().st_size / 1024,
             "model_kib": (model_dir / "model.safetensors").stat().st_size / 1024}
 
@@ -196,10 +202,11 @@ def run(cfg: BenchSettings, work: Path) -> list[Section]:
         results = {}
         for k in s.worker_counts:
             subset = dict(list(workers.items())[:k])
-            svc, drv, nodes = adapter_syncs(recipe, learner, subset, versions, s.warmup_syncs + s.syncs)
+            svc, drv, load, nodes = adapter_syncs(recipe, learner, subset, versions, s.warmup_syncs + s.syncs)
             full = full_reloads(subset, files, 1 + len(results) * (s.warmup_syncs + s.reloads),
                                 s.warmup_syncs + s.reloads, work)
             results[k] = {"service_s": steady(svc, s.warmup_syncs), "driver_s": steady(drv, s.warmup_syncs),
+                          "load_s": steady(load, s.warmup_syncs),
                           "full_s": steady(full, s.warmup_syncs), "nodes": nodes}
         learner.shutdown()
     finally:
@@ -234,16 +241,23 @@ def section(cfg: BenchSettings, results: Mapping[int, Mapping[str, Any]], adapte
         checks.append(Check(f"adapter sync p50 <= {TARGET_P50_S} s to all {k} worker(s)", f"{svc.p50:.3f} s",
                             svc.p50 <= TARGET_P50_S))
         checks.append(speedup_check(f"{MODEL}, {k} worker(s)", full.p50, svc.p50))
-    notes = ()
+    loads = ", ".join(f"{k}: {summarize(r['load_s']).p50:.3f} s" for k, r in sorted(results.items()))
+    notes = (f"Of the adapter sync, the slowest worker's materialize + `load_adapter` (p50, by worker count): {loads}; "
+             "the rest is the object-store transfer, the probe forward with the adapter and the service's check.",)
     if large is not None:
-        load, full = summarize(steady(large["load_s"], w)), summarize(steady(large["full_s"], w))
+        adapter, full = steady(large["adapter"], w), steady(large["full"], w)
+        a, f = summarize([sum(x) for x in adapter]), summarize([sum(x) for x in full])
         name = cfg.sync.large_model
-        rows.append((f"{name} (one engine, no Ray)", 1, 1, load.n, load.p50, load.p95, None, None, full.n, full.p50,
-                     full.p95, ratio(full.p50, load.p50)))
-        checks.append(speedup_check(f"{name}, one engine", full.p50, load.p50))
-        notes = (f"{name}: LoRA r={cfg.e2e.lora_r} adapter {large['adapter_kib']:.0f} KiB vs full weights "
-                 f"{large['model_kib'] / 1024:.0f} MiB; adapter = write files + `load_adapter` + probe, full = write "
-                 "files + `reload_weights` + probe, one in-process vLLM engine (no Ray, no learner).",)
+        rows.append((f"{name} (one engine, no Ray)", 1, 1, a.n, a.p50, a.p95, None, None, f.n, f.p50, f.p95,
+                     ratio(f.p50, a.p50)))
+        checks.append(speedup_check(f"{name}, one engine", f.p50, a.p50))
+        part = {k: [summarize([x[i] for x in runs]).p50 for i in range(3)] for k, runs in (("a", adapter), ("f", full))}
+        notes += (f"{name}: LoRA r={cfg.e2e.lora_r} adapter {large['adapter_kib']:.0f} KiB vs full weights "
+                 f"{large['model_kib'] / 1024:.0f} MiB, one in-process vLLM engine (no Ray, no learner); each = write "
+                 "the version's files + load them + score the probe. p50 of the parts, adapter vs full: write "
+                 f"{part['a'][0]:.3f} vs {part['f'][0]:.3f} s, load (`load_adapter` vs `reload_weights`) "
+                 f"{part['a'][1]:.3f} vs {part['f'][1]:.3f} s ({ratio(part['f'][1], part['a'][1]) or 0:.0f}x), probe "
+                 f"{part['a'][2]:.3f} vs {part['f'][2]:.3f} s (vLLM-CPU's LoRA kernels make the adapter's forward slower).",)
     s = cfg.sync
     return Section(
         "sync", TITLE,
