@@ -143,7 +143,7 @@ def finished_job(ray_head, models_dir, tmp_path_factory):
                    "env_vars": {"DUET_MODELS": str(models_dir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
     sets = [f"train.steps={STEPS}", f"data.tasks_per_step={TASKS}", f"rollout.group_size={GROUP}",
             f"data.eval_size={EVAL}", "train.sft.steps=0", "name=job", f"output.dir={run_dir}",
-            "cluster.address=auto", "output.transcripts_per_step=1"]
+            "cluster.address=auto", "output.transcripts_per_step=1", "train.mode=sync"]
     entrypoint = [str(VENV_BIN / "python"), "-m", "cluster.cli", "train", *(x for s in sets for x in ("--set", s))]
     job_id = f"duet-e2e-{secrets.token_hex(4)}"
     submit = subprocess.run(

@@ -1,6 +1,7 @@
 """Resume: ``duet train`` for 2 steps (a checkpoint after each), then ``duet train --resume`` to 4
 steps in the same run directory. Both runs are real CLI processes on their own local Ray (real vLLM
-worker, real DeepSpeed learner, tiny budget), read back from the files they write.
+worker, real DeepSpeed learner, tiny budget, async mode as the default recipe), read back from the
+files they write.
 
 Hand-worked expectations (tasks_per_step 4 x group_size 2 = 8 episodes per step):
   run 1: adapter v1 (untrained, at start-up), v2 after step 0, v3 after step 1;
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("data.tasks_per_step=4", "rollout.group_size=2", "data.eval_size=4", "train.sft.steps=0",
-        "output.transcripts_per_step=1", "name=resume")
+        "output.transcripts_per_step=1", "name=resume", "train.mode=async", "train.max_staleness=1")
 
 
 def duet_train(run_dir: Path, models_dir: Path, *args: str) -> subprocess.CompletedProcess:
