@@ -67,7 +67,12 @@ def as_episode_batch(batch: EpisodeBatch | tuple[pa.Table, pa.Table]) -> Episode
 
 class LearnerRank:
     """One rank of one learner group (one trained model/role). All ranks must call the same methods
-    in the same order with the same arguments."""
+    in the same order with the same arguments (every method is collective).
+
+    API: :meth:`train_step` (RL update, returns metrics), :meth:`sft_step`, :meth:`logprobs`
+    (score turns, e.g. the weight-sync probe), :meth:`adapter_files` (PEFT files + manifest as
+    bytes), :meth:`export_adapter` (atomic directory), :meth:`value_head_state`,
+    :meth:`save_checkpoint` / :meth:`load_checkpoint`; attributes ``step``, ``init_seconds``."""
 
     def __init__(self, config: LearnerConfig, rank: int, world_size: int, master_addr: str, master_port: int,
                  model_dir: str | Path) -> None:
@@ -118,8 +123,7 @@ class LearnerRank:
         with timer("update"):
             upd = self._update(rb, eb.images, exp)
         self.step += 1
-        if self.encoder is not None:
-            self.encoder.clear()
+        self._forget_images()
         return {**diag, **upd, **self._batch_metrics(rb, timer, time.perf_counter() - t_start)}
 
     def logprobs(self, batch: EpisodeBatch | tuple[pa.Table, pa.Table], use_adapter: bool = True) -> list[list[float]]:
@@ -130,6 +134,7 @@ class LearnerRank:
         if rb.num_rows == 0:
             return []
         logp, _ = self._score(rb, eb.images, use_adapter=use_adapter, with_values=False)
+        self._forget_images()
         return [logp[i][rb.loss_mask[i]].tolist() for i in range(rb.num_rows)]
 
     def _batch_metrics(self, rb: RoleBatch, timer: _Timer, total: float) -> dict[str, float]:
@@ -251,6 +256,7 @@ class LearnerRank:
         sft_lr = self.config.sft.lr
         norm = self.zero.step(lr_scale=sft_lr / self.config.optim.lr if sft_lr else 1.0)
         self.sft_steps += 1
+        self._forget_images()
         nll = float(self.zero.all_reduce_sum(torch.tensor([nll], dtype=torch.float64))[0])
         return {"sft/loss": nll, "sft/tokens": total, "optim/grad_norm": norm, "optim/lr": self.config.sft.lr or self.zero.lr(),
                 "time/step": time.perf_counter() - t0, "learner/sft_step": float(self.sft_steps)}
@@ -268,6 +274,11 @@ class LearnerRank:
             share = s.item() / total
         self.zero.backward(loss)
         return share
+
+    def _forget_images(self) -> None:
+        """Drop the per-batch image cache (images are cached by hash only within one call)."""
+        if self.encoder is not None:
+            self.encoder.clear()
 
     def _image_token_count(self, data: bytes) -> int:
         _, grid = self.encoder.encode(hashlib.sha256(data).hexdigest(), data)

@@ -9,7 +9,7 @@
    uneven shards so one rank runs a dummy micro batch).
 """
 
-import math
+import functools
 import random
 
 import numpy as np
@@ -28,7 +28,7 @@ from rollout.types import Episode, Turn
 
 pytestmark = pytest.mark.integration
 
-LR = 0.5
+LR = 0.005
 TOL = 1e-5
 
 
@@ -49,16 +49,29 @@ def world2():
         yield w
 
 
-def make_batch(seed: int, n: int = 6, group: int = 3) -> EpisodeBatch:
-    """Single-turn episodes: random prompts/outputs, sampler log-probs near the tiny LM's (~-8.2) so
-    the truncated IS weights spread around 1 and some hit the cap 2."""
+@functools.lru_cache(maxsize=1)
+def _base_lm(model_dir: str):
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def make_batch(model_dir: str, seed: int, n: int = 6, group: int = 3) -> EpisodeBatch:
+    """Single-turn episodes: random prompts, replies sampled from the base model at ``model_dir``,
+    sampler log-probs = the model's plus noise in [-0.8, 0.8] so the truncated IS weights
+    spread around 1 and some hit the cap 2."""
     rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = _base_lm(model_dir)
     eps = []
     for i in range(n):
-        prompt = tuple(rng.randrange(20, 3000) for _ in range(rng.randrange(3, 9)))
-        out = tuple(rng.randrange(20, 3000) for _ in range(rng.randrange(2, 7)))
-        lps = tuple(rng.uniform(-9.2, -7.4) for _ in out)
-        turn = Turn("policy", prompt, out, lps, adapter_version=0)
+        ids = [rng.randrange(20, 3000) for _ in range(rng.randrange(3, 9))]
+        P, lps = len(ids), []
+        with torch.no_grad():
+            for _ in range(rng.randrange(2, 7)):
+                logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
+                tok = int(torch.multinomial(logp.exp(), 1, generator=gen))
+                ids.append(tok)
+                lps.append(float(logp[tok]) + rng.uniform(-0.8, 0.8))
+        turn = Turn("policy", tuple(ids[:P]), tuple(ids[P:]), tuple(lps), adapter_version=0)
         eps.append(Episode(f"e{i}", f"g{i // group}", "t", (turn,), reward=float(rng.choice([0.0, 0.5, 1.0]))))
     return EpisodeBatch(tuple(eps))
 
@@ -109,7 +122,7 @@ def forward_one(model, head, turn: Turn, use_adapter: bool = True):
 
 
 def ppo_tokens(logp, old, adv, w, clip=0.2, clip_high=0.2, c=3.0):
-    ratio = torch.exp(logp - old)
+    ratio = torch.exp((logp - old).clamp(-20, 20))
     l1, l2 = -adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip_high)
     l = torch.maximum(l1, l2)
     l = torch.minimum(l, -adv * c) if adv < 0 else l
@@ -177,8 +190,8 @@ def reference_grpo(model, turns, rewards, groups, epochs):
             logp = forward_one(model, None, t)[0]
             w = torch.clamp(torch.exp(old[i] - torch.tensor(t.output_logprobs, dtype=torch.float32)), max=2.0)
             pg = pg + ppo_tokens(logp, old[i], adv[i], w, clip_high=0.28).mean()
-            d = refs[i] - logp
-            klt = klt + (torch.exp(d) - d - 1).mean()
+            d = (refs[i] - logp).clamp(-20, 20)  # k3 as verl's "low_var_kl", with its clamps
+            klt = klt + (torch.exp(d) - d - 1).clamp(-10, 10).mean()
         pg, klt = pg / len(turns), klt / len(turns)
         total = pg + 0.1 * klt
         total.backward()
@@ -205,9 +218,9 @@ def test_ppo_gae_equals_plain_loop(world1, text_lm):
     cfg = LearnerConfig(micro_batch_size=2, value_head_layers=3, value_head_hidden=16, algo=algo,
                         optim=OptimConfig(optimizer="sgd", lr=LR, grad_clip=None))
     group = LocalLearnerGroup(world1, "ppo", cfg, text_lm)
-    group.train_step(make_batch(0))  # moves lora_B off zero so every LoRA gradient is non-trivial
+    group.train_step(make_batch(text_lm, 0))  # moves lora_B off zero so every LoRA gradient is non-trivial
     before, head_before = state_of(group.adapter_files(1)), group.value_head_state()
-    batch = make_batch(1)
+    batch = make_batch(text_lm, 1)
     m = group.train_step(batch)
     after, head_after = state_of(group.adapter_files(2)), group.value_head_state()
     group.close()
@@ -230,9 +243,9 @@ def test_grpo_equals_plain_loop(world1, text_lm):
                       clip_high=0.28, loss_agg="seq-mean-token-mean", tis_cap=2.0, epochs=2, shuffle=False)
     cfg = LearnerConfig(micro_batch_size=4, algo=algo, optim=OptimConfig(optimizer="sgd", lr=LR, grad_clip=None))
     group = LocalLearnerGroup(world1, "grpo", cfg, text_lm)
-    group.train_step(make_batch(2))
+    group.train_step(make_batch(text_lm, 2))
     before = state_of(group.adapter_files(1))
-    batch = make_batch(3)
+    batch = make_batch(text_lm, 3)
     m = group.train_step(batch)
     after = state_of(group.adapter_files(2))
     group.close()
@@ -254,7 +267,7 @@ def _zero_run(world, stage: int, text_lm: str, key: str):
     cfg = LearnerConfig(zero_stage=stage, micro_batch_size=1, algo=ZERO_ALGO,
                         optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=1, total_steps=10))
     group = LocalLearnerGroup(world, key, cfg, text_lm)
-    metrics = [group.train_step(make_batch(10 + s, n=7)) for s in range(2)]
+    metrics = [group.train_step(make_batch(text_lm, 10 + s, n=7)) for s in range(2)]
     state = state_of(group.adapter_files(1))
     group.close()
     return metrics, state
@@ -276,7 +289,9 @@ def test_two_ranks_equal_one_rank(one_rank_run, world2, text_lm, stage):
     assert set(s1) == set(s2)
     worst = max(float((s1[k] - s2[k]).abs().max()) for k in s1)
     print(f"ZeRO-{stage} 2 ranks vs 1 rank: worst adapter difference {worst:.3g}")
-    assert worst < 1e-6
+    # Adam's first steps are about lr * sign(g) (lr = 1e-3): summation-order noise in gradients near 0
+    # shows up at ~1e-6 here; 1e-5 is 1% of one step. (The SGD test below holds 1e-6 exactly.)
+    assert worst < 1e-5
     assert max(float(v.abs().max()) for k, v in s1.items() if "lora_B" in k) > 1e-4  # it trained
 
 
