@@ -1,4 +1,4 @@
-"""Fault tolerance end to end: a rollout worker's process is killed (SIGKILL) in the middle of a real
+"""Fault tolerance end to end: rollout-worker processes are killed (SIGKILL) in the middle of a real
 ``duet train`` run (2 vLLM rollout workers, DeepSpeed learner, local Ray in the CLI process).
 
 The test watches the run from outside, like an operator would, and kills processes of *this* run
@@ -8,16 +8,16 @@ titles an actor process by the method it executes, which times the kills:
 1. once step 0 is in metrics.parquet, a worker showing ``ray::RolloutWorkerHost.rollout``: the
    driver sees the rollout call fail, waits for Ray's restart (``max_restarts=-1``), catches the
    worker up to the current adapter through the weight-sync service and re-runs the lost shard;
-2. after that replacement is up, a worker (an idle one if any) while ``ray::LearnerActor.train_step``
-   runs: the weight sync of that update finds it dead; the driver waits for the restart and
-   publishes the same version again, proven on both workers.
+2. after that replacement is up, the other worker while ``ray::LearnerActor.train_step`` runs: the
+   weight sync of that update finds it dead; the driver waits for the restart and publishes the
+   same version again, proven on both workers.
 
 The run is async (the default recipe's mode, pinned here): the update of step t and its weight sync
 overlap the rollouts of step t+1, so either death may be met by a sync and by a failed rollout
 call (then its shard is re-run); each restart is counted once, however many calls met it.
 
 Hand-worked expectations: 4 steps x 4 tasks x group 2 = 32 episodes, 8 per step, each counted once;
-2 restarts; adapter v1 at start-up plus one per step = v5 at the end, served (and
+2 restarts (one per worker); adapter v1 at start-up plus one per step = v5 at the end, served (and
 probe-proven) by both workers.
 """
 
@@ -101,8 +101,8 @@ class Kill:
 
 class Killer(threading.Thread):
     """After step 0 is logged, kills one rollout-worker process while it runs a rollout, waits for
-    Ray to start its replacement, then kills one while the learner trains (so that the weight sync
-    of that update finds it dead), and waits for that replacement too."""
+    Ray to start its replacement, then kills the other one while the learner trains (so that the
+    weight sync of that update finds it dead), and waits for that replacement too."""
 
     PLAN = (("rollout", busy_in_rollout), ("update", during_update))
 
@@ -110,6 +110,7 @@ class Killer(threading.Thread):
         super().__init__(daemon=True)
         self.proc, self.run_dir = proc, run_dir
         self.kills: list[Kill] = []
+        self.spared: set[int | None] = set()
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -126,11 +127,14 @@ class Killer(threading.Thread):
                 new = workers(titles(self.proc.pid)) - kill.workers_before
                 kill.replacement = min(new) if new else None
                 time.sleep(0.1)
+            # never kill a replacement: the driver may not have met it yet, and two deaths it sees
+            # as one process change would be one restart
+            self.spared.add(kill.replacement)
 
     def kill_first(self, when: str, choose) -> Kill | None:
         while self.alive():
             procs = titles(self.proc.pid)
-            victims = choose(procs)
+            victims = [pid for pid in choose(procs) if pid not in self.spared]
             if victims:
                 steps = logged_steps(self.run_dir)
                 psutil.Process(victims[0]).kill()
