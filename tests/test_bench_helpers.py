@@ -175,3 +175,44 @@ def test_generated_length_counts_through_the_first_stop():
 def test_left_pad():
     ids, mask = left_pad([[1, 2, 3], [4]], 0)
     assert ids == [[1, 2, 3], [0, 0, 4]] and mask == [[1, 1, 1], [0, 0, 1]]
+
+
+# ---- sections built from hand-made figures -------------------------------------------------------
+
+def _phase(mode, step_s, sample_s, learner_s=None):
+    from deploy.bench.duet_run import Phase
+
+    n = len(step_s)
+    return Phase(mode, 0, n, tuple(step_s), tuple(sample_s), tuple(learner_s or [0.1] * n), (32.0,) * n)
+
+
+def test_e2e_section_samples_per_second_and_best_trl():
+    from deploy.bench.e2e import section
+    from deploy.bench.settings import E2ESettings
+
+    e2e = E2ESettings(tasks_per_step=4, group_size=8, warmup_steps=1, steps=2)  # 32 samples per step
+    duet = _phase("sync", [9.0, 0.5, 1.5], [0.1, 0.2, 0.3])     # steady: 0.5 + 1.5 = 2 s for 64 -> 32 /s
+    trl = {1: {"step_s": [20.0, 4.0, 4.0], "startup_s": 5.0},   # 64 / 8 s = 8 /s
+           2: {"step_s": [20.0, 8.0, 8.0], "startup_s": 6.0}}   # 64 / 16 s = 4 /s
+    sec = section(e2e, duet, 60.0, trl)
+    assert [row[5] for row in sec.rows] == [32.0, 8.0, 4.0, 4.0]   # ratio vs the faster TRL: 32 / 8
+    assert sec.rows[3][0] == "ratio duet-rl / best TRL (1 thread(s))"
+    assert sec.checks[0].met is True and sec.checks[0].measured == "4.00x"
+
+
+def test_overlap_section_ratio_to_max_of_generation_and_training():
+    from deploy.bench.duet_run import DuetRun
+    from deploy.bench.overlap import section
+    from deploy.bench.settings import BenchSettings, OverlapSettings
+
+    cfg = BenchSettings(overlap=OverlapSettings(warmup_steps=1, steps=2))
+    # sync steady steps: step 1.0 and 1.2 s, generation 0.4 and 0.4 s -> training 0.6 and 0.8 (mean 0.7)
+    sync = _phase("sync", [5.0, 1.0, 1.2], [3.0, 0.4, 0.4])
+    # async steady steps 0.70 and 0.84 (mean 0.77): 0.77 / max(0.4, 0.7) = 1.1; vs sync mean 1.1: 0.77 / 1.1 = 0.7
+    asyn = _phase("async", [2.0, 0.70, 0.84], [1.0, 0.0, 0.0])
+    sec = section(cfg, DuetRun(1.0, (sync, asyn), (), 100.0))
+    figures = {row[0]: row[2] for row in sec.rows}
+    assert figures["max(generation, training)"] == pytest.approx(0.7)
+    assert figures["async step / max(generation, training)"] == pytest.approx(1.1)
+    assert figures["async step / sync step"] == pytest.approx(0.7)
+    assert sec.checks[0].met is True and sec.checks[0].measured == "1.10x"

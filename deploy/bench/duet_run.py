@@ -14,7 +14,7 @@ timed separately and never enters a step. Peak memory of every process is sample
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -46,6 +46,10 @@ class DuetRun:
     phases: tuple[Phase, ...]
     memory: tuple[RolePeak, ...]
     driver_peak_mib: float
+    counters: Mapping[str, int] = field(default_factory=dict)
+    """The driver's counters at the end (worker restarts, retried shards, stale episodes dropped)."""
+    processes: tuple[tuple[int, str, float], ...] = ()
+    """(pid, role, peak MiB) of every role process seen."""
 
 
 def step_figures(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
@@ -99,10 +103,13 @@ def run_duet(e2e: E2ESettings, phases: Sequence[tuple[str, int]], work_dir: Path
                     driver.train(start, start + n, lambda step: None)
                     bounds.append((mode, start, start + n))
                     start += n
+                counters = asdict(driver.counters)
             finally:
                 teardown()
         finally:
             if started:
                 ray.shutdown()
     figures = step_figures(log.rows)
-    return DuetRun(startup, tuple(phase_of(figures, *b) for b in bounds), tuple(sampler.result()), own_peak_mib())
+    processes = tuple((pid, role, kib / 1024) for pid, (role, kib) in sorted(sampler.peaks.items()))
+    return DuetRun(startup, tuple(phase_of(figures, *b) for b in bounds), tuple(sampler.result()), own_peak_mib(),
+                   counters, processes)

@@ -70,7 +70,10 @@ def load_average() -> list[float]:
 
 
 def describe(root: Path) -> dict[str, Any]:
-    """Everything but the end-of-run fields (see :func:`finish`)."""
+    """Everything known before the run; the suite adds the end-of-run load average and wall time.
+    ``sched_autogroup``: 1 when Linux groups a session's processes into one scheduling share (then a
+    benchmark's processes together get one share of an oversubscribed machine)."""
     return {"cpu_model": cpu_model(_read("/proc/cpuinfo")), "cores": os.cpu_count(),
             "ram_gib": mem_total_gib(_read("/proc/meminfo")), "platform": platform.platform(),
+            "sched_autogroup": _read("/proc/sys/kernel/sched_autogroup_enabled").strip() or "unknown",
             "versions": versions(), "commit": git_commit(root), "load_average": {"start": load_average()}}

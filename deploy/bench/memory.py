@@ -141,9 +141,12 @@ def memory_section(run: Any, trl: Mapping[int, Mapping[str, Any]] | None = None)
         rows.append((f"TRL GRPOTrainer process ({threads} thread(s))", 1, result["peak_mib"], result["peak_mib"]))
     return Section(
         "memory", MEMORY_TITLE, ("role", "processes", "peak per process MiB", "sum of peaks MiB"), tuple(rows),
-        notes=("duet-rl figures from the end-to-end run: `VmHWM` of /proc/<pid>/status of every descendant "
-               "process of the benchmark, sampled every 0.5 s and named by its Ray process title; the driver's is "
-               "its own. Ray's own processes (GCS, raylet, dashboard agents) are not counted.",
+        notes=("duet-rl figures from the end-to-end run (1 learner rank, 1 rollout worker): `VmHWM` of "
+               "/proc/<pid>/status of every descendant process of the benchmark, sampled every 0.5 s and named by its "
+               "Ray process title; the driver's is its own. Ray's own processes (GCS, raylet, dashboard agents) are "
+               "not counted. More processes than actors of a role means an actor process was replaced (a restart, "
+               f"e.g. during start-up); each is listed in the JSON. Driver counters: {dict(run.counters)}.",
                "No target in the issue for this figure."),
         data={"roles": [asdict(p) for p in run.memory], "driver_mib": run.driver_peak_mib,
+              "processes": [list(p) for p in run.processes], "counters": dict(run.counters),
               "trl_mib": {str(k): v["peak_mib"] for k, v in (trl or {}).items()}})

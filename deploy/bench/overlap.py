@@ -60,7 +60,11 @@ def section(cfg: BenchSettings, run: DuetRun) -> Section:
                "the driver's wait for the step's rollouts; training = the rest of the step (update + publish + proof).",
                f"{w} warm-up step(s) per mode left out (the async driver's first step cannot overlap). A publish "
                "waits for the worker's running rollout (one actor, calls run one at a time), so the async step "
-               "is bounded below by generation + adapter load, not by generation alone."),
+               "is bounded below by generation + adapter load, not by generation alone.",
+               "Overlap needs idle cores: with Linux's scheduler autogroups (on here) all processes of the benchmark's "
+               "session share one CPU share, so on a machine oversubscribed by other users (see the load average "
+               f"of this benchmark in the machine section) generation and training cannot both gain. Driver counters: "
+               f"{dict(run.counters)}."),
         data={"generation_s": gen, "training_s": train, "sync_step_s": sync_phase.step_s,
               "async_step_s": async_phase.step_s, "async_sample_s": async_phase.sample_s,
               "learner_s": sync_phase.learner_s, "ratio_bound": over_bound, "ratio_sync": vs_sync})

@@ -109,10 +109,14 @@ def section_markdown(section: Section) -> str:
 def machine_markdown(machine: Mapping[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
     load = machine.get("load_average", {})
+    per = "; ".join(f"{name} {v.get('start')} -> {v.get('end')} ({fmt(v.get('wall_s'))} s)"
+                    for name, v in load.get("per_benchmark", {}).items())
     return "\n".join([
         f"- CPU: {machine.get('cpu_model', '?')}, {machine.get('cores', '?')} cores; "
-        f"RAM {fmt(machine.get('ram_gib'))} GiB; {machine.get('platform', '')}",
-        f"- load average (1/5/15 min) at start {load.get('start')}, at end {load.get('end')}",
+        f"RAM {fmt(machine.get('ram_gib'))} GiB; {machine.get('platform', '')}; "
+        f"scheduler autogroup {machine.get('sched_autogroup', '?')}",
+        f"- load average (1/5/15 min) at start {load.get('start')}, at end {load.get('end')}"
+        + (f"; per benchmark, start -> end: {per}" if per else ""),
         f"- versions: {versions}",
         f"- commit {machine.get('commit', '?')}; run {machine.get('started', '?')}, "
         f"{fmt(machine.get('wall_s'))} s in all",
