@@ -133,6 +133,7 @@ def suite(names: tuple[str, ...], quick: bool, out_dir: Path | None, keep: bool)
     info["load_average"] |= {"end": machine.load_average(), "per_benchmark": per_unit}
     info["wall_s"] = round(time.perf_counter() - t0, 1)
     info["quick"] = quick
+    sections.sort(key=lambda s: s.title)  # "1. ...", "2. ...": the order
     command = "python -m deploy.bench" + (" " + " ".join(names) if names != SUITE else "") + (" --quick" if quick else "")
     text = render_markdown(info, sections, command)
     if out_dir is not None:
