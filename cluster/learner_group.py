@@ -68,9 +68,6 @@ class LearnerActor:
     def load_checkpoint(self, directory: str) -> None:
         self.rank.load_checkpoint(directory)
 
-    def step(self) -> int:
-        return self.rank.step
-
 
 class LearnerGroup:
     """All ranks of one role's learner. Every method runs on every rank and returns rank 0's result."""

@@ -8,7 +8,6 @@ leaves it running.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -127,6 +126,3 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
     log.write_summary(asdict(summary))
     return summary
 
-
-def read_summary(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
