@@ -65,6 +65,17 @@ class DataConfig(_Config):
     """Tasks (or env seeds) per RL step; each gives a group of ``rollout.group_size`` samples."""
     eval_size: int = Field(64, ge=0)
     """Held-out tasks (or env seeds) in each evaluation; 0 disables evaluation."""
+    min_pixels: int | None = Field(None, ge=1)
+    """Task images smaller than this many pixels are scaled up to it at load (aspect kept), as in
+    EasyR1; a Qwen2-VL image gets one token per 28x28 pixels. None leaves small images alone."""
+    max_pixels: int | None = Field(None, ge=1)
+    """Task images larger than this many pixels are scaled down to it at load; None: no bound."""
+
+    @model_validator(mode="after")
+    def _pixel_bounds(self) -> "DataConfig":
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) is above max_pixels ({self.max_pixels})")
+        return self
 
 
 class SFTStage(_Config):

@@ -43,13 +43,14 @@ def load_items(recipe: Recipe, log) -> tuple[list[Any], list[Any]]:
         held_out = [10**9 + recipe.seed * 1_000_003 + i for i in range(recipe.data.eval_size)]
         return train, held_out
     from rollout.tasks import load_task_source
+    from rollout.tasks.images import resize_task_images
 
     splits = []
     for name, kwargs in (("train", recipe.data.train), ("eval", recipe.data.eval)):
         result = load_task_source(recipe.data.source, **kwargs)
         if result.skipped:
             log.event(f"data/{name}: skipped {result.skipped} malformed rows: {dict(result.reasons)}")
-        splits.append(list(result.tasks))
+        splits.append(resize_task_images(result.tasks, recipe.data.min_pixels, recipe.data.max_pixels))
     train, held_out = splits
     overlap = {t.task_id for t in train} & {t.task_id for t in held_out}
     if overlap:

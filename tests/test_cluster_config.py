@@ -43,6 +43,10 @@ def test_bad_recipe_names_the_field(tmp_path):
         build_recipe({"roles": {"policy": {"learner": {"role": "reasoner"}}}})
     with pytest.raises(FileNotFoundError, match="not a shipped recipe"):
         recipe_path("no_such_recipe")
+    with pytest.raises(RecipeError, match=r"data: .*min_pixels \(20000\) is above max_pixels \(10000\)"):
+        load_recipe(None, ("data.min_pixels=20000", "data.max_pixels=10000"))
+    with pytest.raises(RecipeError, match=r"data\.min_pixels: Input should be greater than or equal to 1"):
+        load_recipe(None, ("data.min_pixels=0",))
 
 
 def test_alternating_schedule_switches_role_every_phase():
