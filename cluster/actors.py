@@ -95,9 +95,9 @@ class RayTransport:
                 ray.cancel(future)
             except RayError:
                 pass
-            return SyncFailure(worker_id, "timeout: no answer before the sync deadline")
+            return SyncFailure(worker_id, "timeout: no answer before the sync deadline", "timeout")
         except RayError as e:
-            return SyncFailure(worker_id, f"unreachable: {_first_line(e)}")
+            return SyncFailure(worker_id, f"unreachable: {_first_line(e)}", "unreachable")
 
 
 def rollout_worker_actor(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = -1):

@@ -3,7 +3,9 @@
 Order: placement groups (rollout bundles, then one group per trained role's learner ranks) ->
 learner groups (DeepSpeed worlds) -> rollout workers (vLLM engines) -> weight-sync service ->
 version 1 of every trained adapter published and proven on every worker (the untrained LoRA, equal
-to the base model) so that no rollout ever runs on an adapter the learner did not publish.
+to the base model) so that no rollout ever runs on an adapter the learner did not publish. A resumed
+run skips that first publish: :func:`restore` publishes the checkpoint's adapters instead, before
+any rollout.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ def _plan(recipe: Recipe):
     return plan_resources(rollout, learners)
 
 
-def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: Path) -> tuple[Driver, Callable]:
-    """Start every actor of the run; returns the driver and a teardown function."""
+def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: Path,
+                  publish: bool = True) -> tuple[Driver, Callable]:
+    """Start every actor of the run; returns the driver and a teardown function. ``publish=False``
+    (resume) leaves the workers without adapters until :func:`restore` publishes the checkpoint's."""
     from deploy.offline_models import resolve_model
 
     c = recipe.cluster
@@ -61,7 +65,7 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: P
     register_workers(sync, workers)
     pids = dict(zip(workers, ray.get([w.pid.remote() for w in workers.values()])))
     driver = Driver(recipe, workers, learners, sync, log, train_items, pids=pids)
-    for role in recipe.trainable_roles:
+    for role in recipe.trainable_roles if publish else ():
         driver.publish(role)
 
     def teardown() -> None:

@@ -62,28 +62,32 @@ class Driver:
                 for wid, part in zip(sorted(self.workers), shards) if part]
 
     def collect(self, step: int, futures: list[tuple[str, list[Any], Any]]) -> tuple[EpisodeBatch, list]:
-        """Gather every shard; a shard whose worker died is re-run on the restarted worker once it
-        has caught up with the current adapters (no episode lost, none counted twice)."""
-        batches, stats = [], []
+        """Gather every shard of the step's rollouts (see :meth:`gather`)."""
+        results = self.gather(futures, "rollout", step)
+        batch = EpisodeBatch.concat([b for b, _ in results])
+        self.counters.produced += len(batch)
+        return batch, [st for _, st in results]
+
+    def gather(self, futures: list[tuple[str, list[Any], Any]], method: str, step: int) -> list:
+        """``ray.get`` each shard's call; a shard whose worker died is re-run (``method`` again) on the
+        restarted worker once it has caught up with the current adapters (no episode lost, none
+        counted twice)."""
+        results = []
         for wid, part, future in futures:
             try:
-                batch, st = ray.get(future)
+                results.append(ray.get(future))
             except RayActorError:
-                batch, st = self.retry(wid, part, step)
-            batches.append(batch)
-            stats.append(st)
-        batch = EpisodeBatch.concat(batches)
-        self.counters.produced += len(batch)
-        return batch, stats
+                results.append(self.retry(wid, part, method, step))
+        return results
 
-    def retry(self, wid: str, part: list[Any], step: int):
+    def retry(self, wid: str, part: list[Any], method: str, step: int):
         self.counters.retried_shards += 1
-        self.log.event(f"rollout worker {wid} died during a rollout; waiting for its restart and "
+        self.log.event(f"rollout worker {wid} died during {method}; waiting for its restart and "
                        f"re-running its shard")
         self.revive(wid)
         for report in ray.get(self.sync.catch_up.remote(wid)):
             self.log.sync(report)
-        return ray.get(self.workers[wid].rollout.remote(part, dict(self.versions), step=step))
+        return ray.get(getattr(self.workers[wid], method).remote(part, dict(self.versions), step=step))
 
     def revive(self, wid: str) -> None:
         """Wait until Ray has restarted worker ``wid``; count the restart once, by its new process id
@@ -112,7 +116,7 @@ class Driver:
         expected = learner.probe_logprobs(ray.get(self.sync.get_probe.remote()))
         report = ray.get(self.sync.publish.remote(payload, expected))
         self.log.sync(report)
-        dead = [f.worker_id for f in report.failures if f.reason.startswith("unreachable")]
+        dead = [f.worker_id for f in report.failures if f.kind == "unreachable"]
         for wid in dead:
             self.log.event(f"rollout worker {wid} died during the sync of {role} v{version}; waiting for "
                            f"its restart and syncing it again")
@@ -133,9 +137,9 @@ class Driver:
         if not items:
             return {}
         parts = shard(list(items), len(self.workers))
-        futures = [self.workers[w].evaluate.remote(p, dict(self.versions), step=step)
+        futures = [(w, p, self.workers[w].evaluate.remote(p, dict(self.versions), step=step))
                    for w, p in zip(sorted(self.workers), parts) if p]
-        batch = EpisodeBatch.concat([b for b, _ in ray.get(futures)])
+        batch = EpisodeBatch.concat([b for b, _ in self.gather(futures, "evaluate", step)])
         result = summarize(batch.episodes)
         self.log.evaluation(label, result, batch)
         return result

@@ -59,6 +59,13 @@ def load_items(recipe: Recipe, log) -> tuple[list[Any], list[Any]]:
     return train, held_out[: recipe.data.eval_size]
 
 
+def saved_by_loop(train, start: int) -> bool:
+    """True when the training loop already checkpointed the last step (``checkpoint_every`` divides
+    the step count and at least one step ran), so the run does not write it twice."""
+    every, end = train.checkpoint_every, train.steps
+    return bool(every) and end > start and end % every == 0
+
+
 def earlier_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Rows of the metrics file an earlier attempt of the run left (kept on resume, not overwritten)."""
     import pyarrow.parquet as pq
@@ -101,7 +108,7 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
         train_items, eval_items = load_items(recipe, log)
         log.event(f"run {recipe.name}: {len(train_items)} training items, {len(eval_items)} held out; "
                   f"run directory {run_dir}")
-        driver, teardown = build_runtime(recipe, train_items, log, MODELS_DIR)
+        driver, teardown = build_runtime(recipe, train_items, log, MODELS_DIR, publish=not resume)
         try:
             start = restore(driver, run_dir) if resume else 0
             log.rows[:0] = [r for r in earlier if r["step"] < start]  # events (-1) and steps before it
@@ -110,8 +117,10 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
                 if recipe.train.sft.steps:
                     sft_warm_start(driver, train_items)
             before = driver.evaluate(eval_items, "before_rl", start)
-            driver.train(start, recipe.train.steps, checkpoint_fn(driver, run_dir))
-            checkpoint_fn(driver, run_dir)(recipe.train.steps)
+            save = checkpoint_fn(driver, run_dir)
+            driver.train(start, recipe.train.steps, save)
+            if not saved_by_loop(recipe.train, start):
+                save(recipe.train.steps)
             after = driver.evaluate(eval_items, "after_rl", recipe.train.steps)
             if before and after:
                 log.event(f"held-out success before RL {before['success']:.3f} -> after RL "

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Generic, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Callable, Generic, Literal, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
 
 from cluster.adapter_store import AdapterPayload, gc_versions, materialize
 from cluster.metrics import DuetMetrics
@@ -80,6 +80,11 @@ class SyncFailure:
 
     worker_id: str
     reason: str
+    """Human-readable cause, e.g. "stale: serves v3, expected v4"."""
+    kind: Literal["unreachable", "timeout", "rejected", "stale", "probe", "no_answer"] = "rejected"
+    """Machine-readable cause: "unreachable" means the worker process failed or died (Ray restarts
+    it; the driver waits and syncs again), "timeout" that it did not answer in time, "rejected" that
+    it refused the payload, "stale" / "probe" that it answered but does not prove the version."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +240,7 @@ class LocalTransport:
             try:
                 out[wid] = worker.sync_adapter(handle, probe)
             except Exception as e:  # a crashing worker is reported, not fatal to the sync
-                out[wid] = SyncFailure(wid, f"unreachable: {type(e).__name__}: {e}")
+                out[wid] = SyncFailure(wid, f"unreachable: {type(e).__name__}: {e}", "unreachable")
         return out
 
 
@@ -257,12 +262,13 @@ def judge(answer: SyncAck | SyncFailure, version: int, expected: Sequence[float]
     if answer.error:
         return SyncFailure(wid, f"rejected (serves v{answer.version}): {answer.error}")
     if answer.version != version:
-        return SyncFailure(wid, f"stale: serves v{answer.version}, expected v{version}")
+        return SyncFailure(wid, f"stale: serves v{answer.version}, expected v{version}", "stale")
     if len(answer.probe_logprobs) != len(expected):
-        return SyncFailure(wid, f"probe length {len(answer.probe_logprobs)} != expected {len(expected)}")
+        return SyncFailure(wid, f"probe length {len(answer.probe_logprobs)} != expected {len(expected)}", "probe")
     diff = max(abs(a - b) for a, b in zip(answer.probe_logprobs, expected))
     if diff > tolerance:
-        return SyncFailure(wid, f"probe mismatch: max |logprob diff| {diff:.3g} > tolerance {tolerance:.3g}")
+        return SyncFailure(wid, f"probe mismatch: max |logprob diff| {diff:.3g} > tolerance {tolerance:.3g}",
+                           "probe")
     return None
 
 
@@ -320,7 +326,7 @@ class WeightSyncService(Generic[W]):
         version, role = latest.version, latest.role
         failures = []
         for wid in workers:
-            answer = answers.get(wid, SyncFailure(wid, "no answer"))
+            answer = answers.get(wid, SyncFailure(wid, "no answer", "no_answer"))
             failure = judge(answer, version, latest.expected, self.tolerance)
             self._record(wid, role, answer)
             failures += [failure] if failure else []

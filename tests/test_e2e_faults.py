@@ -10,15 +10,17 @@ titles an actor process by the method it executes, which times the kills:
    worker up to the current adapter through the weight-sync service and re-runs the lost shard;
 2. after that replacement is up, the other worker while ``ray::LearnerActor.train_step`` runs: the
    weight sync of that update finds it dead; the driver waits for the restart and publishes the
-   same version again, proven on both workers.
+   same version again, proven on both workers;
+3. during the held-out evaluation after RL, a worker showing ``ray::RolloutWorkerHost.evaluate``:
+   its evaluation shard is re-run on the restarted worker once it serves the final adapter.
 
 The run is async (the default recipe's mode, pinned here): the update of step t and its weight sync
 overlap the rollouts of step t+1, so either death may be met by a sync and by a failed rollout
 call (then its shard is re-run); each restart is counted once, however many calls met it.
 
 Hand-worked expectations: 4 steps x 4 tasks x group 2 = 32 episodes, 8 per step, each counted once;
-2 restarts (one per worker); adapter v1 at start-up plus one per step = v5 at the end, served (and
-probe-proven) by both workers.
+3 restarts; adapter v1 at start-up plus one per step = v5 at the end, served (and probe-proven) by
+both workers; the evaluation after RL still has all its 8 episodes.
 """
 
 import json
@@ -39,7 +41,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, TASKS, GROUP = 4, 4, 2
 RECIPE = (f"train.steps={STEPS}", f"data.tasks_per_step={TASKS}", f"rollout.group_size={GROUP}",
-          "data.eval_size=4", "train.sft.steps=0", "output.transcripts_per_step=1", "name=faults",
+          "data.eval_size=8", "train.sft.steps=0", "output.transcripts_per_step=1", "name=faults",
           "cluster.rollout_workers=2", "cluster.rollout_cpus=0.5", "train.mode=async", "train.max_staleness=1",
           # longer replies make a rollout call last long enough to be caught executing
           "rollout.single_turn.policy.sampling.max_tokens=32")
@@ -79,6 +81,10 @@ def busy_in_rollout(procs: dict[int, str]) -> list[int]:
     return [pid for pid, t in procs.items() if t.startswith(f"{WORKER}.rollout")]
 
 
+def busy_in_evaluate(procs: dict[int, str]) -> list[int]:
+    return [pid for pid, t in procs.items() if t.startswith(f"{WORKER}.evaluate")]
+
+
 def during_update(procs: dict[int, str]) -> list[int]:
     """Workers (idle ones first) while the learner trains: the driver's next call to every worker
     is the weight sync of this update (in async mode a worker may still be rolling out step t+1)."""
@@ -90,7 +96,7 @@ def during_update(procs: dict[int, str]) -> list[int]:
 @dataclass
 class Kill:
     when: str
-    """"rollout" (killed while running one) or "update" (killed while the learner trained)."""
+    """"rollout" / "evaluate" (killed while running one) or "update" (while the learner trained)."""
     pid: int
     steps_logged: list[int]
     """Steps in metrics.parquet at the kill."""
@@ -102,9 +108,10 @@ class Kill:
 class Killer(threading.Thread):
     """After step 0 is logged, kills one rollout-worker process while it runs a rollout, waits for
     Ray to start its replacement, then kills the other one while the learner trains (so that the
-    weight sync of that update finds it dead), and waits for that replacement too."""
+    weight sync of that update finds it dead), waits for that replacement too, and finally kills a
+    worker during the evaluation after RL."""
 
-    PLAN = (("rollout", busy_in_rollout), ("update", during_update))
+    PLAN = (("rollout", busy_in_rollout), ("update", during_update), ("evaluate", busy_in_evaluate))
 
     def __init__(self, proc: subprocess.Popen, run_dir: Path) -> None:
         super().__init__(daemon=True)
@@ -119,6 +126,8 @@ class Killer(threading.Thread):
         while self.alive() and 0 not in logged_steps(self.run_dir):
             time.sleep(0.05)
         for when, choose in self.PLAN:
+            if when == "evaluate":  # by the final evaluation the driver has met both replacements
+                self.spared.clear()
             kill = self.kill_first(when, choose)
             if kill is None:
                 return
@@ -171,17 +180,21 @@ def events(out: str, what: str) -> list[str]:
 
 def test_two_workers_were_killed_mid_run_and_restarted(faulty_run):
     run_dir, out, killer = faulty_run
-    assert [k.when for k in killer.kills] == ["rollout", "update"], out[-4000:]
-    for k in killer.kills:
+    assert [k.when for k in killer.kills] == ["rollout", "update", "evaluate"], out[-4000:]
+    for k in killer.kills[:2]:
         assert 0 in k.steps_logged and max(k.steps_logged) < STEPS - 1  # mid-run
+    assert killer.kills[2].steps_logged == list(range(STEPS))  # after the last step
+    for k in killer.kills:
         assert k.replacement is not None and k.replacement not in k.workers_before
-    reruns = events(out, "died during a rollout; waiting for its restart and re-running its shard")
+    reruns = events(out, "died during rollout; waiting for its restart and re-running its shard")
     resyncs = events(out, "died during the sync of policy v")
+    reevals = events(out, "died during evaluate; waiting for its restart and re-running its shard")
     # the first kill always fails a rollout call, the second always a sync; each may also meet the other
     assert 1 <= len(reruns) <= 2 and 1 <= len(resyncs) <= 2, out[-4000:]
+    assert len(reevals) == 1, out[-4000:]
     c = json.loads((run_dir / "summary.json").read_text())["counters"]
-    assert c["retried_shards"] == len(reruns)
-    assert c["worker_restarts"] == 2  # two processes died, each counted once
+    assert c["retried_shards"] == len(reruns) + 1
+    assert c["worker_restarts"] == 3  # three processes died, each counted once
 
 
 def test_no_episode_lost_or_counted_twice(faulty_run):
@@ -193,6 +206,7 @@ def test_no_episode_lost_or_counted_twice(faulty_run):
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     per_step = [r["value"] for r in metrics if r["scope"] == "rollout" and r["name"] == "episodes"]
     assert per_step == [8.0] * STEPS  # a step whose shard was re-run still has all its episodes
+    assert summary["eval"]["after_rl"]["episodes"] == 8.0  # so does the evaluation
 
 
 def sync_rows(rows):
@@ -212,7 +226,7 @@ def test_restarted_workers_caught_up_and_serve_the_current_adapter(faulty_run):
         if r["scope"] != "event" or " died during " not in r["name"]:
             continue
         before, after = sync_rows(rows[:i]), sync_rows(rows[i:])
-        if "during a rollout" in r["name"]:
+        if "during rollout" in r["name"] or "during evaluate" in r["name"]:
             # catch-up of that one worker to the latest version published so far (not v1)
             assert after[0] == (before[-1][0], 1.0) and before[-1][0] >= 2
         else:

@@ -6,9 +6,10 @@ files they write.
 Hand-worked expectations (tasks_per_step 4 x group_size 2 = 8 episodes per step):
   run 1: adapter v1 (untrained, at start-up), v2 after step 0, v3 after step 1;
          checkpoints step_000001, step_000002 (LATEST), learner step 2, 16 episodes produced.
-  run 2: v1 again at start-up (fresh actors), the checkpoint loaded and republished as v4
-         (continuing from the saved v3), then v5 after step 2 and v6 after step 3; learner steps
-         3 and 4; 16 + 16 = 32 episodes in the counters; no "base" evaluation or SFT on resume.
+         The last step's checkpoint is written once (by the loop, not again at the end).
+  run 2: no untrained v1 at start-up: the checkpoint is loaded and published as v4 (continuing
+         from the saved v3) before any rollout, then v5 after step 2 and v6 after step 3; learner
+         steps 3 and 4; 16 + 16 = 32 episodes in the counters; no "base" evaluation or SFT on resume.
 """
 
 import json
@@ -66,6 +67,8 @@ def test_first_run_checkpoints_each_step(runs):
     assert rollout_steps(metrics_1) == [0, 1]
     assert values(metrics_1, "learner/policy", "learner/step") == [1.0, 2.0]
     assert values(metrics_1, "sync/policy", "version") == [1.0, 2.0, 3.0]
+    saved = [ln for ln in first.stdout.splitlines() if ln.startswith("[duet] checkpoint ")]
+    assert [ln.rsplit("/", 1)[1] for ln in saved] == ["step_000001", "step_000002"]  # each once
 
 
 def test_resume_continues_from_the_checkpoint_step(runs):
@@ -87,8 +90,8 @@ def test_learner_step_and_adapter_versions_continue(runs):
     assert rollout_steps(resumed) == [2, 3] and rollout_steps(metrics) == [0, 1, 2, 3]
     assert values(resumed, "rollout", "episodes") == [8.0, 8.0]
     assert values(resumed, "learner/policy", "learner/step") == [3.0, 4.0]
-    assert values(resumed, "sync/policy", "version") == [1.0, 4.0, 5.0, 6.0]
-    assert values(resumed, "sync/policy", "proven_workers") == [1.0] * 4
+    assert values(resumed, "sync/policy", "version") == [4.0, 5.0, 6.0]
+    assert values(resumed, "sync/policy", "proven_workers") == [1.0] * 3
     latest = run_dir / "checkpoints" / "step_000004"
     assert (run_dir / "checkpoints" / "LATEST").read_text() == "step_000004"
     assert json.loads((latest / "driver.json").read_text())["versions"] == {"policy": 6}

@@ -235,7 +235,7 @@ def test_corrupt_payload_refused_and_reported(tmp_path):
     assert not report.all_proven and report.proven == ("w0", "w1")
     [failure] = report.failures
     assert failure.worker_id == "w2" and failure.reason.startswith("rejected (serves v0)")
-    assert "sha256" in failure.reason
+    assert "sha256" in failure.reason and failure.kind == "rejected"
     assert svc.served_versions()["w2"] == {"policy": 0}
 
 
@@ -256,6 +256,8 @@ def test_probe_disagreement_and_dead_worker_are_failures(tmp_path):
     # |(-log 102 - 0.01) - (-log 102 - 0.02)| = 0.01
     assert reasons["w0"] == "probe mismatch: max |logprob diff| 0.01 > tolerance 1e-06"
     assert reasons["w9"] == "unreachable: ConnectionError: worker process died"
+    # the driver waits for Ray to restart "unreachable" workers only, by kind, not by message text
+    assert {f.worker_id: f.kind for f in report.failures} == {"w0": "probe", "w9": "unreachable"}
     assert svc.latest_versions() == {}
 
 
