@@ -138,6 +138,14 @@ class AlgoConfig(_Config):
     the PPO ratio then is per turn. None: ordinary per-token ratio."""
     tis_cap: float | None = Field(2.0, gt=0.0)
     """Truncated importance-sampling cap on ``pi_learner / pi_sampler`` (Yao et al. 2025); None off."""
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"
+    """Where the PPO ratio's pi_old comes from. "recompute": a no-grad forward of the learner before
+    the update (verl's default; the sampler/learner gap is then corrected by ``tis_cap`` and logged
+    as ``mismatch/*``). "rollout": the sampler's own log-probs, i.e. the behaviour policy (original
+    PPO; verl's rollout-correction "bypass" mode): saves that forward when no value head or
+    reference needs it, and in async mode lets the clip see the one-version lag. Only sound when the
+    sampler's log-probs are raw and equal the learner's (fp32 here: measured within 1e-4); the
+    mismatch metrics then read 0."""
     reward_placement: Literal["outcome", "per_turn"] = "outcome"
     """"outcome": the episode reward, credited at the role's last turn (dialogues, single answers);
     "per_turn": each turn's own ``Turn.reward`` (environment steps; rewards of turns that are not

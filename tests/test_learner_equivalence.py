@@ -171,12 +171,15 @@ def reference_ppo(model, head, turns, rewards, mb_rows):
     return np.mean(losses, axis=0)
 
 
-def reference_grpo(model, turns, rewards, groups, epochs):
+def reference_grpo(model, turns, rewards, groups, epochs, old_from_rollout=False):
     """GRPO: (r - mean_g) / (std_g + 1e-6), seq-mean-token-mean surrogate + 0.1 * k3 KL, one SGD
-    step per epoch over the whole batch."""
+    step per epoch over the whole batch. ``old_from_rollout``: pi_old is the sampler's log-probs
+    (the IS weight pi_old / pi_sampler is then exactly 1)."""
     with torch.no_grad():
         old = [forward_one(model, None, t)[0] for t in turns]
         refs = [forward_one(model, None, t, use_adapter=False)[0] for t in turns]
+    if old_from_rollout:
+        old = [torch.tensor(t.output_logprobs, dtype=torch.float32) for t in turns]
     rw = torch.tensor(rewards)
     adv = torch.zeros(len(turns))
     for g in set(groups):
@@ -256,6 +259,33 @@ def test_grpo_equals_plain_loop(world1, text_lm):
     assert m["loss/policy"] == pytest.approx(pg, abs=TOL)
     assert m["loss/kl"] == pytest.approx(kl, abs=TOL)
     assert m["loss/total"] == pytest.approx(total, abs=TOL)
+    from peft import get_peft_model_state_dict
+    assert_same_params(after, get_peft_model_state_dict(model), before)
+
+
+def test_grpo_with_sampler_logprobs_as_old_equals_plain_loop(world1, text_lm):
+    """``old_logprobs = "rollout"``: the ratio is taken against the sampler's log-probs (here the
+    model's +- up to 0.8, so many tokens start outside the clip range and the clip is exercised)."""
+    algo = AlgoConfig(advantage_estimator="grpo", kl_coef=0.1, kl_estimator="k3", kl_in="loss",
+                      clip_high=0.28, loss_agg="seq-mean-token-mean", tis_cap=2.0, epochs=2, shuffle=False,
+                      old_logprobs="rollout")
+    cfg = LearnerConfig(micro_batch_size=4, algo=algo, optim=OptimConfig(optimizer="sgd", lr=LR, grad_clip=None))
+    group = LocalLearnerGroup(world1, "grpo_rollout_old", cfg, text_lm)
+    group.train_step(make_batch(text_lm, 2))
+    before = state_of(group.adapter_files(1))
+    batch = make_batch(text_lm, 3)
+    m = group.train_step(batch)
+    after = state_of(group.adapter_files(2))
+    group.close()
+
+    assert "time/old_forward" not in m and m["mismatch/max_abs_log_ratio"] == 0.0  # no learner forward
+    model = reference_model(text_lm, cfg.lora, before)
+    pg, kl, total = reference_grpo(model, [e.turns[0] for e in batch.episodes], [e.reward for e in batch.episodes],
+                                   [e.group_id for e in batch.episodes], epochs=2, old_from_rollout=True)
+    assert m["loss/policy"] == pytest.approx(pg, abs=TOL)
+    assert m["loss/kl"] == pytest.approx(kl, abs=TOL)
+    assert m["loss/total"] == pytest.approx(total, abs=TOL)
+    assert m["policy/clip_frac"] > 0.1  # the comparison covers clipped tokens
     from peft import get_peft_model_state_dict
     assert_same_params(after, get_peft_model_state_dict(model), before)
 
