@@ -2,10 +2,12 @@
 a smoke run of the same code paths in a few minutes), and the duet-rl recipe both systems share.
 
 The shared GRPO work (issue 6, item 1): the embedded default recipe's task and reward (easy-VQA colour
-questions on real 64x64 images, exact match of the whole reply), the tiny Qwen2-VL built offline,
-LoRA r=16 / alpha=32 on the language model's attention and MLP projections, AdamW at a constant
-2e-3, no KL, one optimizer step per batch (one epoch, one minibatch), temperature 1, and the same
-system prompt TRL's chat template writes by default.
+questions on easy-VQA's 64x64 images scaled to 112x112 at load, 16 image tokens; exact match of the
+whole reply), the tiny Qwen2-VL built offline, LoRA r=16 / alpha=32 on the language model's
+attention and MLP projections, AdamW at a constant 2e-3, no KL, no entropy bonus, one optimizer
+step per batch (one epoch, one minibatch, so pi_old is not recomputed: TRL with
+``num_iterations=1`` does not either; duet-rl takes the sampler's log-probs), temperature 1, and the
+same system prompt TRL's chat template writes by default.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def recipe_overrides(e2e: E2ESettings, name: str, out_dir: Path, steps: int, mod
         "roles.policy.learner.lora.r": e2e.lora_r, "roles.policy.learner.lora.alpha": e2e.lora_alpha,
         "roles.policy.learner.optim.lr": e2e.lr, "roles.policy.learner.micro_batch_size": e2e.samples_per_step,
         "roles.policy.learner.algo.minibatches": 1, "roles.policy.learner.algo.epochs": 1,
+        "roles.policy.learner.algo.old_logprobs": '"rollout"', "data.min_pixels": 112 * 112,
         "roles.policy.learner.algo.kl_coef": 0.0, "roles.policy.learner.algo.entropy_coef": 0.0,
         "roles.policy.learner.algo.advantage_estimator": '"grpo"', "roles.policy.learner.algo.loss_agg": '"token-mean"',
         "train.steps": steps, "train.sft.steps": 0, "train.mode": f'"{mode}"', "train.checkpoint_every": 0,
