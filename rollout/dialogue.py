@@ -22,6 +22,12 @@ message, so every Observer request carries that one image. A role that SAMPLES i
 placeholder token would break its own next prompt (more placeholders than images: "image features
 and image tokens do not match"), so such a dialogue ends there with finish reason "error".
 
+Context budget: a role's next prompt must leave room in its engine's ``max_model_len``. Its length
+is known exactly before the call (the context ids, plus the image tokens the engine expanded the
+placeholder into on that role's first turn); a dialogue whose next prompt would not fit ends there
+with finish reason "length" (verl's multi-turn rollout does the same), no answer and reward 0, and
+the reason recorded. Truncating the context instead would break token-in/token-out.
+
 Batching: each phase (caption, questions of round r, answers of round r, final answers) is ONE
 engine call holding every live dialogue of that role; dialogues that answered early drop out.
 Group sampling: G whole dialogues per task, every turn sampled with n=1 and its own seed.
@@ -73,11 +79,16 @@ class _Dialogue:
     answer: str | None = None
     questions: int = 0
     error: str = ""
-    """Why the dialogue was cut short, empty if it was not."""
+    """Why the dialogue was cut short by an error, empty if it was not."""
+    full: str = ""
+    """Why the dialogue ended for lack of context room, empty if it did not."""
+    expanded: dict[str, int] = field(default_factory=dict)
+    """Role -> tokens the engine added to that role's prompts by expanding image placeholders
+    (learned from its first completion; the same for every later turn of the dialogue)."""
 
     @property
     def live(self) -> bool:
-        return self.answer is None and not self.error
+        return self.answer is None and not self.error and not self.full
 
 
 class _Side:
@@ -94,19 +105,32 @@ class _Side:
             ctx += self.chat.message("system", self.cfg.system_prompt)
         ctx += self.chat.message("user", text, num_images)
 
-    def turn(self, dialogues: Sequence[_Dialogue], seed: int, step: int) -> list[str]:
-        """One engine call for all ``dialogues``: record each turn, extend each context with the
-        sampled ids and the closing ids; return the crossing texts."""
-        requests = [self._request(d, seed, step) for d in dialogues]
-        results, wall = timed_generate(self.engine, requests)
-        texts = []
-        for d, req, [c] in zip(dialogues, requests, results):
+    def turn(self, dialogues: Sequence[_Dialogue], seed: int, step: int) -> list[tuple[_Dialogue, str]]:
+        """One engine call for those of ``dialogues`` whose next prompt fits the engine (the others
+        end, see the module docstring): record each turn, extend each context with the sampled ids
+        and the closing ids; return (dialogue, crossing text) for every dialogue that took its turn."""
+        requests = {id(d): self._request(d, seed, step) for d in dialogues}
+        running = [d for d in dialogues if self._fits(d, requests[id(d)])]
+        results, wall = timed_generate(self.engine, [requests[id(d)] for d in running])
+        out = []
+        for d, [c] in zip(running, results):
+            req = requests[id(d)]
             d.turns.append(make_turn(self.role, c, self.cfg, req.images, wall))
+            d.expanded.setdefault(self.role, len(c.prompt_ids) - len(req.prompt_ids))
             d.ctx[self.role] = list(req.prompt_ids) + list(c.output_ids) + self.chat.close_reply(c.output_ids)
             if self.engine.image_token_id is not None and self.engine.image_token_id in c.output_ids:
                 d.error = f"the {self.role} sampled an image placeholder token"
-            texts.append(c.text)
-        return texts
+            out.append((d, c.text))
+        return out
+
+    def _fits(self, d: _Dialogue, req: Request) -> bool:
+        """True if the prompt leaves at least one token of room; else marks the dialogue full."""
+        limit = self.engine.max_model_len
+        length = len(req.prompt_ids) + d.expanded.get(self.role, 0)
+        if limit is None or length < limit:
+            return True
+        d.full = f"context full: the {self.role}'s prompt has {length} tokens, max_model_len is {limit}"
+        return False
 
     def _request(self, d: _Dialogue, seed: int, step: int) -> Request:
         s = derive_seed(seed, step, d.task.task_id, d.k, len(d.turns))
@@ -124,7 +148,7 @@ def run_dialogues(reasoner: Engine, observer: Engine, tasks: Sequence[Task], cfg
     ds = [_Dialogue(t, k, group_id(t.task_id, step)) for t in tasks for k in range(group_size)]
     for d in ds:
         obs.add_user(d, cfg.caption_prompt, len(task_images(d.task)))
-    for d, caption in zip(ds, obs.turn(ds, seed, step)):
+    for d, caption in obs.turn(ds, seed, step):
         if not d.live:
             continue
         first = cfg.reasoner_template.format(question=d.task.question, choices=format_choices(d.task.choices),
@@ -132,13 +156,13 @@ def run_dialogues(reasoner: Engine, observer: Engine, tasks: Sequence[Task], cfg
         rsn.add_user(d, _with_final(first, cfg) if cfg.max_questions == 0 else first)
     for r in range(1, cfg.max_questions + 1):
         asking = _ask(rsn, obs, [d for d in ds if d.live], cfg, seed, step)
-        for d, reply in zip(asking, obs.turn(asking, seed, step)):
+        for d, reply in obs.turn(asking, seed, step):
             if not d.live:
                 continue
             relay = cfg.reply_template.format(answer=crossing_text(reply))
             rsn.add_user(d, _with_final(relay, cfg) if r == cfg.max_questions else relay)
     final = [d for d in ds if d.live]
-    for d, text in zip(final, rsn.turn(final, seed, step)):
+    for d, text in rsn.turn(final, seed, step):
         d.answer = extract_answer(text, cfg.answer)
     episodes = tuple(score(d.task, _episode(d), reward, cfg.success_component) for d in ds)
     return EpisodeBatch(episodes, collect_images(tasks))
@@ -153,7 +177,7 @@ def _ask(rsn: _Side, obs: _Side, live: list[_Dialogue], cfg: DialogueConfig, see
     """One Reasoner round: a reply in the answer format ends its dialogue, any other reply is a
     question relayed to the Observer. Returns the dialogues that asked."""
     asking = []
-    for d, text in zip(live, rsn.turn(live, seed, step)):
+    for d, text in rsn.turn(live, seed, step):
         d.answer = extract_answer(text, cfg.answer)
         if d.live:
             d.questions += 1
@@ -164,10 +188,10 @@ def _ask(rsn: _Side, obs: _Side, live: list[_Dialogue], cfg: DialogueConfig, see
 
 def _episode(d: _Dialogue) -> Episode:
     """The finished dialogue as an Episode: "answered" if the answer parsed, "error" if it was cut
-    short, else "max_turns"."""
+    short by an error, "length" if it ran out of context, else "max_turns"."""
     answered = d.answer is not None
-    finish = "answered" if answered else "error" if d.error else "max_turns"
-    reason = "" if answered else d.error or "no answer in the expected format"
+    finish = "answered" if answered else "error" if d.error else "length" if d.full else "max_turns"
+    reason = "" if answered else d.error or d.full or "no answer in the expected format"
     return Episode(
         episode_id=episode_id(d.group, d.k), group_id=d.group, task_id=d.task.task_id,
         turns=tuple(d.turns), finish_reason=finish, answer=d.answer or "", reward_reason=reason,

@@ -5,7 +5,7 @@ import pytest
 from rewards import ExactMatch
 from rollout.config import DialogueConfig, RoleConfig
 from rollout.dialogue import crossing_text, run_dialogues
-from rollout.engine import AdapterRef
+from rollout.engine import AdapterRef, Request, Sampling
 from rollout.engine.fake import CharTokenizer, FakeEngine
 from rollout.episode_arrow import image_hash
 from rollout.types import Task
@@ -188,3 +188,32 @@ def test_sampled_image_token_ends_dialogue_and_frozen_role():
     assert eng.calls == [("observer", 1)]
     [e] = run_dialogues(eng, eng, [TASK], CFG.model_copy(update={"max_questions": 0}), 1).episodes
     assert e.finish_reason == "error" and e.turns[0].trainable
+
+
+def test_dialogue_ends_with_length_when_the_next_prompt_would_not_fit():
+    """Unbounded, the K=2 dialogue's prompts have 52, 50, 99, 100, 142, 162 tokens (the Observer's
+    counted with its image placeholder expanded to 4 tokens). With max_model_len 142 the Observer's
+    second answer cannot be asked for: the dialogue ends after 4 turns with finish "length", no
+    answer and reward 0; the early-answering dialogue in the same batch is untouched."""
+    [full] = run_dialogues(engine(), engine(), [TASK], CFG, group_size=1).episodes
+    assert [len(t.prompt_ids) for t in full.turns] == [52, 50, 99, 100, 142, 162]
+    eng = CountingEngine(immo, image_tokens=4, max_model_len=142)
+    for name, version in (("reasoner", 1), ("reasoner", 3), ("observer", 1)):
+        eng.load_adapter(AdapterRef(name, version, "/x"))
+    cut, early = run_dialogues(eng, eng, [TASK, EARLY], CFG, group_size=1, reward=ExactMatch()).episodes
+    tokens = lambda turns: [(t.role, t.prompt_ids, t.output_ids) for t in turns]  # noqa: E731
+    assert tokens(cut.turns) == tokens(full.turns[:4])  # the same tokens up to the cut
+    assert (cut.finish_reason, cut.answer, cut.reward, cut.success) == ("length", "", 0.0, False)
+    assert cut.reward_reason == "context full: the observer's prompt has 142 tokens, max_model_len is 142"
+    assert (early.finish_reason, early.answer, early.reward) == ("answered", "red", 0.0)  # wrong, but answered
+    # captions (2), Reasoner round 1 (2: EARLY answers), Observer 1, Reasoner round 2, then nothing
+    assert eng.calls == [("observer", 2), ("reasoner", 2), ("observer", 1), ("reasoner", 1)]
+
+
+def test_fake_engine_refuses_a_prompt_that_fills_the_model_length():
+    eng = FakeEngine(lambda *a: "abc", max_model_len=5)
+    prompt = tuple(eng.tokenizer.encode("abcd"))
+    [[c]] = eng.generate([Request(prompt, (), None, Sampling(max_tokens=8))])
+    assert c.output_ids == tuple(eng.tokenizer.encode("a")) and c.finish_reason == "length"  # 1 token of room
+    with pytest.raises(ValueError, match="longer than the maximum model length of 5"):
+        eng.generate([Request(prompt + prompt[:1], (), None, Sampling(max_tokens=8))])

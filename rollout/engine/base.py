@@ -101,6 +101,9 @@ class Engine(Protocol):
     """The Hugging Face tokenizer of the served base model (encode/decode, special tokens)."""
     image_token_id: int | None
     """Token id of the image placeholder, None for text-only models."""
+    max_model_len: int | None
+    """Longest prompt + completion the engine serves (prompts counted with image placeholders
+    expanded); None if unbounded. A prompt must be shorter than this."""
 
     def generate(self, requests: Sequence[Request]) -> list[list[Completion]]:
         """Complete every request; result[i] holds ``requests[i].sampling.n`` completions."""

@@ -63,8 +63,10 @@ class FakeEngine:
     ``image_tokens`` is how many placeholder ids one image expands to (like a real VLM's processor).
     """
 
-    def __init__(self, script: Script, image_tokens: int = 4, max_rank: int = 64) -> None:
+    def __init__(self, script: Script, image_tokens: int = 4, max_rank: int = 64,
+                 max_model_len: int | None = None) -> None:
         self.tokenizer = CharTokenizer()
+        self.max_model_len = max_model_len
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         self.script = script
         self.image_tokens = image_tokens
@@ -107,14 +109,20 @@ class FakeEngine:
             raise KeyError(f"adapter {req.adapter!r} is not loaded (loaded: {sorted(self._versions)})")
         version = self._versions.get(req.adapter, 0) if req.adapter else 0
         prompt = self._expand_images(req.prompt_ids, len(req.images))
+        room = req.sampling.max_tokens
+        if self.max_model_len is not None:  # as vLLM: refuse a prompt that fills the model length
+            if len(prompt) >= self.max_model_len:
+                raise ValueError(f"prompt (length {len(prompt)}) is longer than the maximum model length "
+                                 f"of {self.max_model_len}")
+            room = min(room, self.max_model_len - len(prompt))
         prompt_text = self.tokenizer.decode(req.prompt_ids)
         lp = -math.log(len(self.tokenizer))
         out = []
         for k in range(req.sampling.n):
             reply = self.script(prompt_text, req.adapter, version, k)
             ids = self.tokenizer.encode(reply) + [self.tokenizer.eos_token_id]
-            finish = "stop" if len(ids) <= req.sampling.max_tokens else "length"
-            ids = ids[: req.sampling.max_tokens]
+            finish = "stop" if len(ids) <= room else "length"
+            ids = ids[:room]
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             self.served.append((req.adapter, version))
             out.append(Completion(prompt, tuple(ids), (lp,) * len(ids), text, finish, version))

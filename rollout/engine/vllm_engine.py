@@ -137,6 +137,7 @@ class VLLMEngine:
         self.start_s = time.perf_counter() - t0
         """Seconds ``vllm.LLM(...)`` took (engine start, model load, KV-cache allocation)."""
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len: int | None = config.max_model_len
         vocab = self.tokenizer.get_vocab()
         self.image_token_id: int | None = (
             hf_config.get("image_token_id", vocab.get("<|image_pad|>")) if self.multimodal else None
