@@ -112,11 +112,12 @@ class LearnerRank:
             rb = build_role_batch(eb.episodes, self.config.role, self.pad_id)
         if rb.num_rows == 0:
             return {"batch/samples": 0.0, "batch/episodes": float(len(eb.episodes))}
-        old, values = (rb.rollout_logprobs * rb.loss_mask), None
+        old, values = rb.rollout_logprobs * rb.loss_mask, None  # pi_old = the sampler ("rollout")
         if algo.old_logprobs == "recompute" or algo.needs_values:
             with timer("old_forward"):
                 learner_old, values = self._score(rb, eb.images, use_adapter=True, with_values=algo.needs_values)
-            old = learner_old if algo.old_logprobs == "recompute" else old
+            if algo.old_logprobs == "recompute":
+                old = learner_old
         ref = None
         if algo.needs_reference:
             with timer("ref_forward"):
