@@ -44,7 +44,7 @@ def test_resize_keeps_bytes_inside_bounds_and_colour_when_scaled():
     bigger = resize_image_bytes(data, 112 * 112, None)
     img = Image.open(io.BytesIO(bigger))
     assert img.size == (112, 112) and img.format == "PNG"
-    assert set(img.getdata()) == {(200, 30, 40)}  # a flat image stays exactly that colour
+    assert img.getcolors() == [(112 * 112, (200, 30, 40))]  # a flat image stays exactly that colour
 
 
 def test_resize_task_images_shares_one_result_per_image_and_skips_text_tasks():
