@@ -61,7 +61,7 @@ def section(e2e: E2ESettings, duet: Phase, duet_startup: float, trl: Mapping[int
     return Section(
         "e2e", TITLE, ("system", "steps", "s/step mean", "s/step p50", "s/step p95", "samples/s", "start-up s"),
         tuple(rows), (check,),
-        notes=(f"Same work on both: easy-VQA colour questions (real 64x64 images), {MODEL}, {e2e.tasks_per_step} tasks "
+        notes=(f"Same work on both: easy-VQA colour questions (real 64x64 images scaled to 112x112: 16 image tokens), {MODEL}, {e2e.tasks_per_step} tasks "
                f"x G={e2e.group_size} = {n} samples per optimizer step, up to {e2e.max_tokens} completion tokens, "
                f"temperature 1, LoRA r={e2e.lora_r} alpha={e2e.lora_alpha} on q/k/v/o/gate/up/down, AdamW lr "
                f"{e2e.lr:g} constant, no KL, 1 epoch x 1 minibatch, token-mean loss, duet's exact_match reward.",
