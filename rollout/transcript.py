@@ -2,12 +2,14 @@
 
 Text form, for eyes and logs::
 
+    [task] easy_vqa/train/00001: what color is the shape? (reference 'red')
     [observer v3] A red circle on a white background.
     [reasoner v5] What colour is the circle?
     [observer v3] Red.
     [reasoner v5] <answer>red</answer>
     [result] answer='red' reward=1 finish=answered
 
+The ``[task]`` line is there when the task is known (dataset tasks, not environment seeds).
 Newlines inside a turn are written as ``\\n`` so each turn is one line; when any turn carries a
 step reward (environment episodes) each line ends with ``(reward r)``.
 
@@ -24,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from rollout.types import Episode, Turn
+from rollout.types import Episode, Task, Turn
 
 TRANSCRIPT_KEY = "transcript"
 """``Episode.metadata`` key holding the text transcript."""
@@ -40,10 +42,12 @@ def turn_line(turn: Turn, show_reward: bool = False) -> str:
     return f"{line} (reward {turn.reward:g})" if show_reward else line
 
 
-def transcript_text(episode: Episode) -> str:
-    """One line per turn, then a ``[result]`` line with answer, reward, finish reason (and why)."""
+def transcript_text(episode: Episode, task: Task | None = None) -> str:
+    """A ``[task]`` line (when ``task`` is given), one line per turn, then a ``[result]`` line with
+    answer, reward, finish reason (and why)."""
     show = any(t.reward != 0 for t in episode.turns)
-    lines = [turn_line(t, show) for t in episode.turns]
+    header = [f"[task] {task.task_id}: {_one_line(task.question)} (reference {task.answer!r})"] if task else []
+    lines = header + [turn_line(t, show) for t in episode.turns]
     result = f"[result] answer={episode.answer!r} reward={episode.reward:g} finish={episode.finish_reason}"
     if episode.reward_reason:
         result += f" reason={_one_line(episode.reward_reason)!r}"
@@ -67,9 +71,9 @@ def transcript_json(episode: Episode) -> dict[str, Any]:
     }
 
 
-def with_transcript(episode: Episode) -> Episode:
+def with_transcript(episode: Episode, task: Task | None = None) -> Episode:
     """``episode`` with its text transcript stored in ``metadata["transcript"]``."""
-    metadata = {**episode.metadata, TRANSCRIPT_KEY: transcript_text(episode)}
+    metadata = {**episode.metadata, TRANSCRIPT_KEY: transcript_text(episode, task)}
     return dataclasses.replace(episode, metadata=metadata)
 
 

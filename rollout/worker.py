@@ -143,7 +143,9 @@ class RolloutWorker:
         wall = time.perf_counter() - t0
         self._check_turns(batch, versions)
         if self.config.transcripts:
-            batch = EpisodeBatch(tuple(with_transcript(e) for e in batch.episodes), batch.images)
+            tasks = {t.task_id: t for t in items if isinstance(t, Task)}
+            batch = EpisodeBatch(tuple(with_transcript(e, tasks.get(e.task_id)) for e in batch.episodes),
+                                 batch.images)
         return batch, batch_stats(batch, wall)
 
     def _run(self, items: Sequence[Task] | Sequence[int], step: int) -> EpisodeBatch:

@@ -49,6 +49,7 @@ def test_single_turn_batch_arrow_round_trip_and_stats(tmp_path):
     assert stats.latency_p50_s == batch.episodes[0].turns[0].latency_s > 0
     assert stats.as_dict()["generated_tokens/policy"] == 86.0
     assert batch.episodes[0].metadata["transcript"] == (
+        "[task] t1: What colour? (reference 'blue')\n"
         "[policy v2] <answer>blue</answer>\n[result] answer='blue' reward=1 finish=stop")
 
 
@@ -99,6 +100,7 @@ def test_dialogue_worker_shared_engine_loads_each_adapter_once():
     batch, stats = worker.rollout(TASKS[:1], {"reasoner": 4, "observer": 7})
     e = batch.episodes[0]
     assert e.metadata["transcript"] == (
+        "[task] t1: What colour? (reference 'blue')\n"
         "[observer v7] a blue square\n[reasoner v4] <answer>blue</answer>\n"
         "[result] answer='blue' reward=0 finish=answered")
     # per role: 2 dialogues x ("a blue square" 13 + stop) and 2 x (21 + stop)
