@@ -24,7 +24,7 @@ from cluster.placement import (RoleSpec, bundle_strategy, create_placement_group
                                remove_placement_groups)
 from cluster.rollout_factory import RolloutWorkerFactory
 from cluster.weight_sync import Probe
-from cluster.sft_data import sft_examples
+from cluster.sft_data import dialogue_sft_examples, sft_examples
 
 PROBE = Probe(prompt_ids=(1, 20, 30, 40, 50, 60), target_ids=(70, 80, 90, 100))
 """Fixed sync probe: small token ids, valid in every built-in tokenizer (all have > 1000 tokens)."""
@@ -82,20 +82,31 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: P
 # ---- SFT warm start ------------------------------------------------------------------------------
 
 def sft_warm_start(driver: Driver, train_items: Sequence[Any]) -> None:
-    """Supervised steps on reference replies for the policy role, then publish the result."""
+    """Supervised steps on reference transcripts for each trained role (single-turn: the policy on
+    reference answers; dialogue: the Observer on reference captions, the Reasoner on answers from
+    them), then publish the results."""
     recipe, sft = driver.recipe, driver.recipe.train.sft
-    if recipe.rollout.kind != "single_turn":
-        raise ValueError("train.sft: the built-in warm start covers single_turn recipes; use "
-                         "learner.sft with your own transcripts for dialogues and environments")
-    examples = sft_examples(recipe, train_items[: sft.num_examples])
-    group = driver.learners["policy"]
+    items = train_items[: sft.num_examples]
+    if recipe.rollout.kind == "single_turn":
+        examples = {"policy": sft_examples(recipe, items)}
+    elif recipe.rollout.kind == "dialogue":
+        examples = dialogue_sft_examples(recipe, items)
+    else:
+        raise ValueError("train.sft: the built-in warm start covers single_turn and dialogue recipes; "
+                         "use learner.sft with your own transcripts for environments")
+    for role in recipe.trainable_roles:
+        _sft_role(driver, role, examples[role], sft)
+        driver.publish(role)
+
+
+def _sft_role(driver: Driver, role: str, examples: list, sft) -> None:
+    group = driver.learners[role]
     for step in range(sft.steps):
         k = (step * sft.batch_size) % len(examples)
         batch = (examples + examples)[k: k + sft.batch_size]
         m = group.sft_step(batch)
         if step % 10 == 0 or step + 1 == sft.steps:
-            driver.log.say(f"[sft] step {step + 1:>4}/{sft.steps} loss {m['sft/loss']:.4f}")
-    driver.publish("policy")
+            driver.log.say(f"[sft] {role} step {step + 1:>4}/{sft.steps} loss {m['sft/loss']:.4f}")
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""Reference replies as SFT transcripts for the built-in warm start (no Ray)."""
+"""Reference replies as SFT transcripts for the built-in warm start (no Ray).
+
+Single-turn recipes: (system?, prompt, reference answer). Dialogue recipes (IMMO's first stage, on
+written dialogues): the Observer learns to caption the image with the task's reference caption
+(``metadata["caption"]``, e.g. easy-VQA's "a blue rectangle"), the Reasoner to answer at once
+from the question and that caption. Both are written with the exact messages the dialogue rollout
+builds, so SFT trains the token layout the sampler later continues."""
 
 from __future__ import annotations
 
@@ -28,3 +34,28 @@ def sft_examples(recipe: Recipe, tasks: Sequence[Task]) -> list[SFTExample]:
             ("user", user), ("assistant", reference_reply(t, st.answer.pattern)))
         out.append(SFTExample(msgs, t.image))
     return out
+
+
+def dialogue_sft_examples(recipe: Recipe, tasks: Sequence[Task]) -> dict[str, list[SFTExample]]:
+    """Role -> transcripts for the dialogue warm start (module docstring); tasks without a
+    ``caption`` in their metadata are left out. Raises if none has one."""
+    d = recipe.rollout.dialogue
+    captioned = [t for t in tasks if t.metadata.get("caption")]
+    if not captioned:
+        raise ValueError("train.sft: no task has metadata['caption'] to warm-start a dialogue from "
+                         "(the easy_vqa source provides one)")
+
+    def system(prompt: str | None) -> tuple[tuple[str, str], ...]:
+        return (("system", prompt),) if prompt else ()
+
+    observer, reasoner = [], []
+    for t in captioned:
+        caption = t.metadata["caption"]
+        observer.append(SFTExample(system(d.observer.system_prompt) + (
+            ("user", d.caption_prompt), ("assistant", caption)), t.image))
+        first = d.reasoner_template.format(question=t.question, choices=format_choices(t.choices), caption=caption)
+        if d.max_questions == 0:
+            first = f"{first}\n{d.final_prompt}"
+        reasoner.append(SFTExample(system(d.reasoner.system_prompt) + (
+            ("user", first), ("assistant", reference_reply(t, d.answer.pattern)))))
+    return {"observer": observer, "reasoner": reasoner}

@@ -31,13 +31,18 @@ def run_cli(tmp_path: Path, recipe: str, *overrides: str) -> dict:
 
 def test_immo_two_models_alternate(tmp_path):
     s = run_cli(tmp_path, "immo_dialogue", "name=immo", "train.steps=2", "train.phase_steps=1",
-                "data.tasks_per_step=2", "rollout.group_size=2", "rollout.dialogue.max_questions=1")
-    # step 0 trains the observer, step 1 the reasoner: each published v1 (initial) then v2
-    assert s["versions"] == {"observer": 2, "reasoner": 2}
-    assert s["served"] == {"rollout-0": {"observer": 2, "reasoner": 2}}
+                "data.tasks_per_step=2", "rollout.group_size=2", "rollout.dialogue.max_questions=1",
+                "train.sft.steps=2", "train.sft.batch_size=4")
+    # each role: v1 (initial), v2 after its 2 warm-start steps on captions / answers; then step 0
+    # trains the observer (v3), step 1 the reasoner (v3)
+    assert [ln.split(" loss")[0] for ln in s["stdout"].splitlines() if ln.startswith("[sft]")] == [
+        "[sft] observer step    1/2", "[sft] observer step    2/2",
+        "[sft] reasoner step    1/2", "[sft] reasoner step    2/2"]
+    assert s["versions"] == {"observer": 3, "reasoner": 3}
+    assert s["served"] == {"rollout-0": {"observer": 3, "reasoner": 3}}
     assert s["counters"]["produced"] == s["counters"]["trained"] == 2 * 2 * 2
     text = (tmp_path / "immo" / "transcripts" / "step_00001.txt").read_text()
-    assert "[observer v2]" in text and "[reasoner v1]" in text  # step 1 ran after the observer's update
+    assert "[observer v3]" in text and "[reasoner v2]" in text  # step 1 ran after the observer's update
     rows = pq.read_table(tmp_path / "immo" / "metrics.parquet").to_pylist()
     trained = {(r["step"], r["scope"]) for r in rows if r["scope"].startswith("learner/")}
     assert trained == {(0, "learner/observer"), (1, "learner/reasoner")}

@@ -11,7 +11,7 @@ from PIL import Image
 
 from rollout.tasks import TASK_SOURCES, CryptogramConfig, load_task_source, write_tasks
 from rollout.tasks.cryptogram import generate_cryptograms
-from rollout.tasks.easy_vqa import answer_space, convert_easy_vqa, load_easy_vqa
+from rollout.tasks.easy_vqa import answer_space, convert_easy_vqa, image_captions, load_easy_vqa
 from rollout.tasks.schema import read_tasks
 
 pytestmark = pytest.mark.unit
@@ -29,10 +29,22 @@ def test_convert_easy_vqa_test_split_matches_the_package_files(tmp_path):
         assert task.task_id == f"easy_vqa/test/{i:05d}"
         assert (task.question, task.answer) == (questions[i], answers[i])
         assert task.image == Path(image_paths[image_ids[i]]).read_bytes()
-        assert task.metadata == {"split": "test", "image_id": str(image_ids[i])}
+        assert {k: v for k, v in task.metadata.items() if k != "caption"} == {"split": "test",
+                                                                              "image_id": str(image_ids[i])}
         assert task.answer in answer_space() and task.source == "easy_vqa"
     with Image.open(io.BytesIO(result.tasks[0].image)) as im:
         assert im.size == (64, 64)
+
+
+def test_captions_come_from_the_colour_and_shape_answers_about_the_image():
+    tasks = load_easy_vqa("train", limit=12).tasks  # the 12 questions about training image 0
+    # the package's questions on it: "what is the blue shape?" -> rectangle, "what color is the
+    # shape?" -> blue (and ten yes/no questions)
+    assert {t.metadata["image_id"] for t in tasks} == {"0"}
+    assert {t.metadata["caption"] for t in tasks} == {"a blue rectangle"}
+    assert image_captions(["red", "yes", "circle", "no", "teal"], [1, 1, 2, 2, 3]) == {
+        1: "a red shape", 2: "a circle", 3: "a teal shape"}
+    assert image_captions(["triangle", "gray"], [7, 7]) == {7: "a gray triangle"}
 
 
 def test_easy_vqa_ids_are_deterministic_and_answers_are_the_13():

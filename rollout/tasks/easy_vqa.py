@@ -5,6 +5,11 @@ questions with 13 possible answers (yes/no, 3 shapes, 8 colours). Its own reader
 list in file order and a map image_id -> PNG path; we keep that order, so task ids
 ``easy_vqa/{split}/{index:05d}`` (index in the package's question file) are deterministic, and the
 PNG bytes are stored exactly as shipped (no re-encoding).
+
+Each task's ``metadata["caption"]`` describes its image from the answers the package gives to the
+colour and shape questions about that same image ("a blue rectangle"; "a blue shape" or "a
+rectangle" when only one is asked; absent when neither is): the reference caption of the IMMO
+recipe's dialogue warm start (IMMO's first stage trains on written dialogues).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from rollout.tasks.schema import write_tasks
 from rollout.tasks.validate import TaskLoadResult, collect_rows
 
 SPLITS = ("train", "test")
+COLOURS = ("red", "green", "blue", "black", "gray", "yellow", "teal", "brown")
+SHAPES = ("circle", "rectangle", "triangle")
 
 
 def _split_data(split: str) -> tuple[list[str], list[str], list[int], dict[int, str]]:
@@ -34,8 +41,25 @@ def answer_space() -> tuple[str, ...]:
     return tuple(easy_vqa.get_answers())
 
 
+def image_captions(answers: Sequence[str], image_ids: Sequence[int]) -> dict[int, str]:
+    """image id -> caption from the colour / shape answers about that image (module docstring)."""
+    colour: dict[int, str] = {}
+    shape: dict[int, str] = {}
+    for answer, image_id in zip(answers, image_ids):
+        if answer in COLOURS:
+            colour[image_id] = answer
+        elif answer in SHAPES:
+            shape[image_id] = answer
+    out = {}
+    for image_id in set(colour) | set(shape):
+        c, s = colour.get(image_id), shape.get(image_id)
+        out[image_id] = f"a {c} {s}" if c and s else f"a {c} shape" if c else f"a {s}"
+    return out
+
+
 def _rows(split: str, limit: int | None, keep: frozenset[str] | None = None) -> Iterator[tuple[int, dict | str]]:
     questions, answers, image_ids, paths = _split_data(split)
+    captions = image_captions(answers, image_ids)
     images: dict[int, bytes] = {}
     kept = 0
     for i in range(len(questions)):
@@ -56,7 +80,8 @@ def _rows(split: str, limit: int | None, keep: frozenset[str] | None = None) -> 
             "answer": answers[i],
             "image": images[image_id],
             "source": "easy_vqa",
-            "metadata": {"split": split, "image_id": str(image_id)},
+            "metadata": {"split": split, "image_id": str(image_id)}
+            | ({"caption": captions[image_id]} if image_id in captions else {}),
         }
 
 

@@ -1,0 +1,49 @@
+"""Warm-start transcripts: the SFT token rows are exactly what the rollout's sampler continues."""
+
+import pytest
+
+from cluster.config import load_recipe
+from cluster.recipes import recipe_path
+from cluster.sft_data import dialogue_sft_examples
+from learner.sft import tokenize_examples
+from rewards import ExactMatch
+from rollout.dialogue import run_dialogues
+from rollout.engine import AdapterRef
+from rollout.engine.fake import FakeEngine
+from rollout.types import Task
+
+pytestmark = pytest.mark.unit
+
+TASK = Task("t1", "what color is the shape?", "red", image=b"png-1",
+            metadata={"caption": "a red circle"})
+
+
+def reference_dialogue(prompt, adapter, version, k):
+    """The dialogue the warm start teaches: the caption, then the answer at once."""
+    return "a red circle" if adapter == "observer" else "<answer>red</answer>"
+
+
+@pytest.mark.parametrize("questions", [0, 2])
+def test_dialogue_sft_rows_equal_the_dialogue_tokens(questions):
+    recipe = load_recipe(recipe_path("immo_dialogue"), (f"rollout.dialogue.max_questions={questions}",
+                                                        'rollout.dialogue.observer.system_prompt="You see."'))
+    eng = FakeEngine(reference_dialogue, image_tokens=4)
+    for name in ("observer", "reasoner"):
+        eng.load_adapter(AdapterRef(name, 1, "/x"))
+    [episode] = run_dialogues(eng, eng, [TASK], recipe.rollout.dialogue, 1, reward=ExactMatch()).episodes
+    assert [t.role for t in episode.turns] == ["observer", "reasoner"] and episode.reward == 1.0
+    examples = dialogue_sft_examples(recipe, [TASK, Task("t2", "q", "a")])  # t2: no caption, left out
+    assert {r: len(v) for r, v in examples.items()} == {"observer": 1, "reasoner": 1}
+    for turn in episode.turns:
+        batch = tokenize_examples(examples[turn.role], eng.tokenizer, 0, 512, image_tokens=lambda b: 4)
+        row = batch.input_ids[0][batch.attention_mask[0]].tolist()
+        sampled = list(turn.prompt_ids + turn.output_ids)  # the reply ends with <|im_end|> (eos)
+        assert row[: len(sampled)] == sampled and row[len(sampled):] == eng.tokenizer.encode("\n")
+        loss = batch.loss_mask[0][batch.attention_mask[0]].tolist()
+        assert loss == [False] * len(turn.prompt_ids) + [True] * len(turn.output_ids) + [False]
+
+
+def test_dialogue_warm_start_needs_captions():
+    recipe = load_recipe(recipe_path("immo_dialogue"))
+    with pytest.raises(ValueError, match=r"no task has metadata\['caption'\]"):
+        dialogue_sft_examples(recipe, [Task("t2", "q", "a")])
