@@ -102,6 +102,11 @@ class TrainConfig(_Config):
     role_order: tuple[str, ...] = ()
     """Alternating schedule: order of trained roles (default: the recipe's trainable roles, sorted;
     IMMO trains the observer on even phases, the reasoner on odd ones)."""
+    frozen_roles: Literal["sample", "greedy"] = "sample"
+    """Alternating schedule: how the roles not trained in a phase act. "sample": at their own
+    sampling settings (IMMO). "greedy": temperature 0, a deterministic part of the trained role's
+    environment (less reward noise from the partner; G samples of a task then differ only in the
+    trained role's turns)."""
     mode: Literal["sync", "async"] = "sync"
     """"async": rollouts for step t+1 are generated while the learner trains on step t."""
     max_staleness: int = Field(1, ge=0)
@@ -186,6 +191,9 @@ class Recipe(_Config):
         unknown = set(self.train.role_order) - set(self.trainable_roles)
         if unknown:
             raise ValueError(f"train.role_order: {sorted(unknown)} are not trainable roles")
+        if self.train.frozen_roles == "greedy" and self.train.schedule != "alternating":
+            raise ValueError("train.frozen_roles: 'greedy' needs schedule = 'alternating' (with 'joint' "
+                             "every role is trained every step)")
         return self
 
     @property

@@ -27,7 +27,7 @@ from ray.exceptions import RayActorError
 
 from cluster.adapter_store import AdapterPayload
 from cluster.config import Recipe
-from cluster.schedule import Counters, roles_at, shard, stale_episodes, summarize
+from cluster.schedule import Counters, greedy_roles_at, roles_at, shard, stale_episodes, summarize
 from rollout.episode_arrow import EpisodeBatch
 
 
@@ -58,8 +58,16 @@ class Driver:
     def launch(self, step: int) -> list[tuple[str, list[Any], Any]]:
         """Start the step's rollouts: one shard of items per worker."""
         shards = shard(self.items_for(step), len(self.workers))
-        return [(wid, part, self.workers[wid].rollout.remote(part, dict(self.versions), step=step))
+        kwargs = self.call_kwargs("rollout", step)
+        return [(wid, part, self.workers[wid].rollout.remote(part, dict(self.versions), **kwargs))
                 for wid, part in zip(sorted(self.workers), shards) if part]
+
+    def call_kwargs(self, method: str, step: int) -> dict[str, Any]:
+        """Keyword arguments of a worker's ``rollout`` / ``evaluate`` call at ``step``."""
+        if method != "rollout":
+            return {"step": step}
+        r = self.recipe
+        return {"step": step, "greedy_roles": greedy_roles_at(r.train, tuple(r.rollout.roles()), r.trainable_roles, step)}
 
     def collect(self, step: int, futures: list[tuple[str, list[Any], Any]]) -> tuple[EpisodeBatch, list]:
         """Gather every shard of the step's rollouts (see :meth:`gather`)."""
@@ -87,7 +95,8 @@ class Driver:
         self.revive(wid)
         for report in ray.get(self.sync.catch_up.remote(wid)):
             self.log.sync(report)
-        return ray.get(getattr(self.workers[wid], method).remote(part, dict(self.versions), step=step))
+        call = getattr(self.workers[wid], method)
+        return ray.get(call.remote(part, dict(self.versions), **self.call_kwargs(method, step)))
 
     def revive(self, wid: str) -> None:
         """Wait until Ray has restarted worker ``wid``; count the restart once, by its new process id

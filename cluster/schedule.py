@@ -17,6 +17,14 @@ def roles_at(train: TrainConfig, trainable: Sequence[str], step: int) -> tuple[s
     return (order[(step // train.phase_steps) % len(order)],)
 
 
+def greedy_roles_at(train: TrainConfig, roles: Sequence[str], trainable: Sequence[str], step: int) -> tuple[str, ...]:
+    """Roles that act greedily at ``step``: with ``frozen_roles = "greedy"``, every role of the
+    rollout not trained at that step (sorted); else none."""
+    if train.frozen_roles != "greedy":
+        return ()
+    return tuple(sorted(set(roles) - set(roles_at(train, trainable, step))))
+
+
 def shard(items: Sequence[Any], n: int) -> list[list[Any]]:
     """Split ``items`` into ``n`` contiguous, near-equal shards (the first ones one larger)."""
     k, r = divmod(len(items), n)

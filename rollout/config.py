@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -153,6 +153,12 @@ class DialogueConfig(_Config):
     """Final-answer format: a Reasoner reply matching it ends the dialogue (early answer)."""
     success_component: str | None = None
     """Reward component whose value >= 1 marks success (e.g. "exact_match"); None: undefined."""
+
+    def with_greedy(self, roles: Sequence[str]) -> DialogueConfig:
+        """A copy in which ``roles`` sample greedily (temperature 0), the others unchanged."""
+        changed = {r: getattr(self, r).model_copy(update={
+            "sampling": getattr(self, r).sampling.model_copy(update={"temperature": 0.0})}) for r in roles}
+        return self.model_copy(update=changed)
 
     @model_validator(mode="after")
     def _templates(self) -> DialogueConfig:

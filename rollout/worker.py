@@ -131,15 +131,20 @@ class RolloutWorker:
             raise StaleAdapterError(f"refusing to roll out with stale adapters ({detail})")
 
     def rollout(self, items: Sequence[Task] | Sequence[int], versions: Mapping[str, int], *,
-                step: int = 0) -> tuple[EpisodeBatch, RolloutStats]:
+                step: int = 0, greedy_roles: Sequence[str] = ()) -> tuple[EpisodeBatch, RolloutStats]:
         """G episodes per task (or env seed) as one :class:`EpisodeBatch`, plus its stats.
 
         ``versions`` maps adapter name -> the minimum version the caller requires; ``step`` is the
-        training step (it makes episode ids and sampling seeds unique per step).
+        training step (it makes episode ids and sampling seeds unique per step); ``greedy_roles``
+        (dialogues) sample at temperature 0 in this call (roles frozen in an alternating phase).
         """
         self.check_versions(versions)
+        unknown = set(greedy_roles) - set(self.config.roles())
+        if unknown:
+            raise ValueError(f"greedy_roles: {sorted(unknown)} are not roles of this rollout "
+                             f"({sorted(self.config.roles())})")
         t0 = time.perf_counter()
-        batch = self._run(items, step)
+        batch = self._run(items, step, tuple(greedy_roles))
         wall = time.perf_counter() - t0
         self._check_turns(batch, versions)
         if self.config.transcripts:
@@ -148,7 +153,7 @@ class RolloutWorker:
                                  batch.images)
         return batch, batch_stats(batch, wall)
 
-    def _run(self, items: Sequence[Task] | Sequence[int], step: int) -> EpisodeBatch:
+    def _run(self, items: Sequence[Task] | Sequence[int], step: int, greedy_roles: tuple[str, ...] = ()) -> EpisodeBatch:
         c, g = self.config, self.config.group_size
         common = {"reward": self.reward, "step": step, "seed": c.seed}
         if c.kind == "env":
@@ -156,8 +161,8 @@ class RolloutWorker:
             return run_env_episodes(self.engines["policy"], seeds, c.env, g, **common)
         tasks = [_task(x) for x in items]
         if c.kind == "dialogue":
-            return run_dialogues(self.engines["reasoner"], self.engines["observer"], tasks, c.dialogue,
-                                 g, **common)
+            cfg = c.dialogue.with_greedy(greedy_roles) if greedy_roles else c.dialogue
+            return run_dialogues(self.engines["reasoner"], self.engines["observer"], tasks, cfg, g, **common)
         return sample_groups(self.engines["policy"], tasks, c.single_turn, g, **common)
 
     def _check_turns(self, batch: EpisodeBatch, versions: Mapping[str, int]) -> None:

@@ -3,7 +3,7 @@
 import pytest
 
 from cluster.config import RecipeError, build_recipe, load_recipe, parse_override
-from cluster.schedule import roles_at, shard, stale_episodes, summarize
+from cluster.schedule import greedy_roles_at, roles_at, shard, stale_episodes, summarize
 from cluster.recipes import RECIPES_DIR, recipe_path
 from cluster.rollout_factory import eval_config
 from rollout.types import Episode, Task, Turn
@@ -61,6 +61,24 @@ def test_alternating_schedule_switches_role_every_phase():
                           "roles": {"reasoner": {"learner": {"role": "reasoner"}},
                                     "observer": {"learner": {"role": "observer"}}}})
     assert roles_at(joint.train, joint.trainable_roles, 3) == ("observer", "reasoner")
+
+
+def test_frozen_roles_act_greedily_only_when_asked():
+    spec = {"rollout": {"kind": "dialogue"},
+            "roles": {"reasoner": {"learner": {"role": "reasoner"}}, "observer": {"learner": None}},  # never trained
+            "train": {"schedule": "alternating", "frozen_roles": "greedy"}}
+    recipe = build_recipe(spec)
+    roles = tuple(recipe.rollout.roles())
+    assert [greedy_roles_at(recipe.train, roles, recipe.trainable_roles, s) for s in range(2)] == [("observer",)] * 2
+    two = build_recipe({**spec, "roles": {"reasoner": {"learner": {"role": "reasoner"}},
+                                          "observer": {"learner": {"role": "observer"}}},
+                        "train": {"schedule": "alternating", "frozen_roles": "greedy", "phase_steps": 2}})
+    got = [greedy_roles_at(two.train, roles, two.trainable_roles, s) for s in range(4)]
+    assert got == [("reasoner",), ("reasoner",), ("observer",), ("observer",)]  # trained: observer first (sorted)
+    sample = two.model_copy(update={"train": two.train.model_copy(update={"frozen_roles": "sample"})})
+    assert greedy_roles_at(sample.train, roles, sample.trainable_roles, 0) == ()
+    with pytest.raises(RecipeError, match="train.frozen_roles: 'greedy' needs schedule = 'alternating'"):
+        build_recipe({**spec, "train": {"frozen_roles": "greedy"}})
 
 
 def test_shard_is_contiguous_and_complete():

@@ -32,7 +32,7 @@ def run_cli(tmp_path: Path, recipe: str, *overrides: str) -> dict:
 def test_immo_two_models_alternate(tmp_path):
     s = run_cli(tmp_path, "immo_dialogue", "name=immo", "train.steps=2", "train.phase_steps=1",
                 "data.tasks_per_step=2", "rollout.group_size=2", "rollout.dialogue.max_questions=1",
-                "train.sft.steps=2", "train.sft.batch_size=4")
+                "train.sft.steps=2", "train.sft.batch_size=4", 'train.frozen_roles="greedy"')
     # each role: v1 (initial), v2 after its 2 warm-start steps on captions / answers; then step 0
     # trains the observer (v3), step 1 the reasoner (v3)
     assert [ln.split(" loss")[0] for ln in s["stdout"].splitlines() if ln.startswith("[sft]")] == [

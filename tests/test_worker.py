@@ -108,6 +108,29 @@ def test_dialogue_worker_shared_engine_loads_each_adapter_once():
     assert EpisodeBatch.from_arrow(*batch.to_arrow()) == batch
 
 
+def test_greedy_roles_sample_at_temperature_zero_in_that_call_only():
+    class Recording(FakeEngine):
+        def generate(self, requests):
+            self.temperatures = getattr(self, "temperatures", []) + [
+                (r.adapter, r.sampling.temperature) for r in requests]
+            return super().generate(requests)
+
+    eng = Recording(dialogue_script)
+    cfg = RolloutConfig(kind="dialogue", group_size=2,
+                        dialogue=DialogueConfig(max_questions=0, observer=RoleConfig(adapter="observer"),
+                                                reasoner=RoleConfig(adapter="reasoner")))
+    worker = RolloutWorker(cfg, {"reasoner": eng, "observer": eng})
+    worker.load_adapter(AdapterRef("reasoner", 1, "/x"))
+    worker.load_adapter(AdapterRef("observer", 1, "/x"))
+    worker.rollout(TASKS[:1], {}, greedy_roles=("observer",))
+    assert eng.temperatures == [("observer", 0.0)] * 2 + [("reasoner", 1.0)] * 2
+    eng.temperatures = []
+    worker.rollout(TASKS[:1], {})  # the worker's own settings are untouched
+    assert eng.temperatures == [("observer", 1.0)] * 2 + [("reasoner", 1.0)] * 2
+    with pytest.raises(ValueError, match=r"greedy_roles: \['policy'\] are not roles of this rollout"):
+        worker.rollout(TASKS[:1], {}, greedy_roles=("policy",))
+
+
 def test_dialogue_worker_two_engines_route_adapters():
     reasoner, observer = FakeEngine(dialogue_script), FakeEngine(dialogue_script)
     worker = RolloutWorker(RolloutConfig(kind="dialogue"), {"reasoner": reasoner, "observer": observer})
