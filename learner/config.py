@@ -196,7 +196,8 @@ class SFTConfig(_Config):
     """Examples longer than this many tokens are refused with an error (never silently cut)."""
     lr: float | None = Field(None, gt=0.0)
     """Peak learning rate of SFT steps; None uses ``optim.lr``. A warm start usually wants a
-    larger rate than RL, whose noisy gradients make Adam take full-size steps regardless."""
+    larger rate than RL, whose noisy gradients make Adam take full-size steps regardless. SFT steps
+    run at this peak (the value head's rate scaled alike) and do not advance the RL schedule."""
     role_map: dict[str, str] = Field(default_factory=lambda: {"user": "user", "assistant": "assistant",
                                                               "system": "system"})
     """Transcript speaker -> ChatML role; the loss is on ChatML "assistant" messages only."""

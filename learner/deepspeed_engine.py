@@ -111,14 +111,30 @@ class ZeroEngine:
         """Accumulate gradients of ``loss`` (already scaled by the caller; no 1/GAS scaling here)."""
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def step(self, lr_scale: float = 1.0) -> float:
+    def step(self) -> float:
         """One optimizer + schedule step over the accumulated gradients; returns the global grad norm
-        (before clipping). ``lr_scale`` multiplies every group's rate for this step only (the
-        schedule's ``step`` rewrites the rates from their base values right after)."""
-        if lr_scale != 1.0:
-            for group in self.optimizer.param_groups:
-                group["lr"] *= lr_scale
+        (before clipping)."""
         self.engine.step()
+        return self._grad_norm()
+
+    def step_off_schedule(self, peak_scale: float = 1.0) -> float:
+        """One optimizer step at ``peak_scale`` x each group's PEAK rate (``initial_lr``), leaving the
+        LR schedule where it was (SFT steps must not use up the RL warm-up or decay); returns the
+        global grad norm (before clipping)."""
+        groups = self.optimizer.param_groups
+        scheduled = [g["lr"] for g in groups]
+        for g in groups:
+            g["lr"] = g.get("initial_lr", g["lr"]) * peak_scale
+        scheduler, self.engine.lr_scheduler = self.engine.lr_scheduler, None  # DeepSpeed skips it
+        try:
+            self.engine.step()
+        finally:
+            self.engine.lr_scheduler = scheduler
+            for g, lr in zip(groups, scheduled):
+                g["lr"] = lr
+        return self._grad_norm()
+
+    def _grad_norm(self) -> float:
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 

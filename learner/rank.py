@@ -258,7 +258,7 @@ class LearnerRank:
         for rows in self._micro_slots(range(batch.num_rows)):
             nll += self._sft_micro(batch, rows, total)
         sft_lr = self.config.sft.lr
-        norm = self.zero.step(lr_scale=sft_lr / self.config.optim.lr if sft_lr else 1.0)
+        norm = self.zero.step_off_schedule(sft_lr / self.config.optim.lr if sft_lr else 1.0)
         self.sft_steps += 1
         self._forget_images()
         nll = float(self.zero.all_reduce_sum(torch.tensor([nll], dtype=torch.float64))[0])

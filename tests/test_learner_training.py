@@ -26,7 +26,7 @@ from PIL import Image
 from safetensors.torch import load as load_safetensors
 from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
-from learner.config import AlgoConfig, LearnerConfig, LoraConfig, OptimConfig
+from learner.config import AlgoConfig, LearnerConfig, LoraConfig, OptimConfig, SFTConfig
 from learner.local_world import LocalLearnerGroup, LocalWorld
 from learner.sft import SFTExample
 from rollout.episode_arrow import EpisodeBatch, image_hash
@@ -240,6 +240,21 @@ def test_resume_reproduces_the_next_update(text_lm, tmp_path):
 
 
 # ---- 5. SFT ------------------------------------------------------------------------------------------------
+
+
+def test_sft_steps_leave_the_rl_schedule_alone(world1, text_lm):
+    """Warm-up 2, cosine to step 10, peak 1e-2. Three SFT steps first, then one RL step: the RL
+    step runs at multiplier(0) = 1/3 and leaves the schedule at multiplier(1) = 2/3 -> lr 6.667e-3
+    (had the SFT steps advanced it: multiplier(4) = 0.5 (1 + cos(pi/4)) = 0.8536 -> 8.536e-3)."""
+    cfg = LearnerConfig(micro_batch_size=2, optim=OptimConfig(lr=1e-2, schedule="cosine", warmup_steps=2,
+                                                              total_steps=10), sft=SFTConfig(lr=4e-2))
+    group = LocalLearnerGroup(world1, "sft_schedule", cfg, text_lm)
+    example = SFTExample((("user", "say yes"), ("assistant", "yes")))
+    sft = [group.sft_step([example]) for _ in range(3)]
+    rl = group.train_step(random_batch(30))
+    group.close()
+    assert [m["learner/sft_step"] for m in sft] == [1.0, 2.0, 3.0] and rl["learner/step"] == 1.0
+    assert rl["optim/lr"] == pytest.approx(1e-2 * 2 / 3, rel=1e-6)
 
 
 def test_sft_first_loss_is_plain_nll_and_it_falls(world1, text_lm):
