@@ -241,36 +241,14 @@ def test_ppo_gae_equals_plain_loop(world1, text_lm):
     assert max(float((head_after[k] - want_head[k]).abs().max()) for k in want_head) < TOL
 
 
-def test_grpo_equals_plain_loop(world1, text_lm):
-    algo = AlgoConfig(advantage_estimator="grpo", kl_coef=0.1, kl_estimator="k3", kl_in="loss",
-                      clip_high=0.28, loss_agg="seq-mean-token-mean", tis_cap=2.0, epochs=2, shuffle=False)
-    cfg = LearnerConfig(micro_batch_size=4, algo=algo, optim=OptimConfig(optimizer="sgd", lr=LR, grad_clip=None))
-    group = LocalLearnerGroup(world1, "grpo", cfg, text_lm)
-    group.train_step(make_batch(text_lm, 2))
-    before = state_of(group.adapter_files(1))
-    batch = make_batch(text_lm, 3)
-    m = group.train_step(batch)
-    after = state_of(group.adapter_files(2))
-    group.close()
-
-    model = reference_model(text_lm, cfg.lora, before)
-    pg, kl, total = reference_grpo(model, [e.turns[0] for e in batch.episodes], [e.reward for e in batch.episodes],
-                                   [e.group_id for e in batch.episodes], epochs=2)
-    assert m["loss/policy"] == pytest.approx(pg, abs=TOL)
-    assert m["loss/kl"] == pytest.approx(kl, abs=TOL)
-    assert m["loss/total"] == pytest.approx(total, abs=TOL)
-    from peft import get_peft_model_state_dict
-    assert_same_params(after, get_peft_model_state_dict(model), before)
-
-
-def test_grpo_with_sampler_logprobs_as_old_equals_plain_loop(world1, text_lm):
-    """``old_logprobs = "rollout"``: the ratio is taken against the sampler's log-probs (here the
+@pytest.mark.parametrize("old_logprobs", ["recompute", "rollout"])
+def test_grpo_equals_plain_loop(world1, text_lm, old_logprobs):
+    """"recompute": pi_old from a learner forward; "rollout": the sampler's log-probs (here the
     model's +- up to 0.8, so many tokens start outside the clip range and the clip is exercised)."""
-    algo = AlgoConfig(advantage_estimator="grpo", kl_coef=0.1, kl_estimator="k3", kl_in="loss",
-                      clip_high=0.28, loss_agg="seq-mean-token-mean", tis_cap=2.0, epochs=2, shuffle=False,
-                      old_logprobs="rollout")
+    algo = AlgoConfig(advantage_estimator="grpo", kl_coef=0.1, kl_estimator="k3", kl_in="loss", clip_high=0.28,
+                      loss_agg="seq-mean-token-mean", tis_cap=2.0, epochs=2, shuffle=False, old_logprobs=old_logprobs)
     cfg = LearnerConfig(micro_batch_size=4, algo=algo, optim=OptimConfig(optimizer="sgd", lr=LR, grad_clip=None))
-    group = LocalLearnerGroup(world1, "grpo_rollout_old", cfg, text_lm)
+    group = LocalLearnerGroup(world1, f"grpo_{old_logprobs}", cfg, text_lm)
     group.train_step(make_batch(text_lm, 2))
     before = state_of(group.adapter_files(1))
     batch = make_batch(text_lm, 3)
@@ -278,14 +256,16 @@ def test_grpo_with_sampler_logprobs_as_old_equals_plain_loop(world1, text_lm):
     after = state_of(group.adapter_files(2))
     group.close()
 
-    assert "time/old_forward" not in m and m["mismatch/max_abs_log_ratio"] == 0.0  # no learner forward
+    from_rollout = old_logprobs == "rollout"
+    if from_rollout:
+        assert "time/old_forward" not in m and m["mismatch/max_abs_log_ratio"] == 0.0  # no learner forward
+        assert m["policy/clip_frac"] > 0.1  # the comparison covers clipped tokens
     model = reference_model(text_lm, cfg.lora, before)
     pg, kl, total = reference_grpo(model, [e.turns[0] for e in batch.episodes], [e.reward for e in batch.episodes],
-                                   [e.group_id for e in batch.episodes], epochs=2, old_from_rollout=True)
+                                   [e.group_id for e in batch.episodes], epochs=2, old_from_rollout=from_rollout)
     assert m["loss/policy"] == pytest.approx(pg, abs=TOL)
     assert m["loss/kl"] == pytest.approx(kl, abs=TOL)
     assert m["loss/total"] == pytest.approx(total, abs=TOL)
-    assert m["policy/clip_frac"] > 0.1  # the comparison covers clipped tokens
     from peft import get_peft_model_state_dict
     assert_same_params(after, get_peft_model_state_dict(model), before)
 
