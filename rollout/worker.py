@@ -140,9 +140,9 @@ class RolloutWorker:
         """
         self.check_versions(versions)
         unknown = set(greedy_roles) - set(self.config.roles())
-        if unknown:
-            raise ValueError(f"greedy_roles: {sorted(unknown)} are not roles of this rollout "
-                             f"({sorted(self.config.roles())})")
+        if unknown or (greedy_roles and self.config.kind != "dialogue"):
+            raise ValueError(f"greedy_roles: {sorted(greedy_roles)} cannot be frozen in a {self.config.kind} "
+                             f"rollout (dialogue roles: reasoner, observer)")
         t0 = time.perf_counter()
         batch = self._run(items, step, tuple(greedy_roles))
         wall = time.perf_counter() - t0

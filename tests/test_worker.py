@@ -127,8 +127,11 @@ def test_greedy_roles_sample_at_temperature_zero_in_that_call_only():
     eng.temperatures = []
     worker.rollout(TASKS[:1], {})  # the worker's own settings are untouched
     assert eng.temperatures == [("observer", 1.0)] * 2 + [("reasoner", 1.0)] * 2
-    with pytest.raises(ValueError, match=r"greedy_roles: \['policy'\] are not roles of this rollout"):
+    with pytest.raises(ValueError, match=r"greedy_roles: \['policy'\] cannot be frozen in a dialogue rollout"):
         worker.rollout(TASKS[:1], {}, greedy_roles=("policy",))
+    single = RolloutWorker(RolloutConfig(group_size=1), {"policy": policy_engine()})
+    with pytest.raises(ValueError, match=r"cannot be frozen in a single_turn rollout"):
+        single.rollout(TASKS[:1], {}, greedy_roles=("policy",))
 
 
 def test_dialogue_worker_two_engines_route_adapters():
