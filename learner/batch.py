@@ -18,14 +18,14 @@ Shapes are documented per field and checked on construction (OpenRLHF ``experien
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
 
 from rollout.types import Episode, Turn
 
-__all__ = ["EpisodeTable", "RoleBatch", "build_role_batch", "take_rows"]
+__all__ = ["EpisodeTable", "RoleBatch", "build_bootstrap_batch", "build_role_batch", "take_rows"]
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,18 @@ def build_role_batch(episodes: Sequence[Episode], role: str, pad_id: int) -> Rol
         image_hashes=tuple(r.turn.image_hashes for r in rows),
         episodes=table,
     )
+
+
+def build_bootstrap_batch(episodes: Sequence[Episode], role: str, pad_id: int) -> tuple[RoleBatch, list[int]] | None:
+    """(one prompt-only row per episode whose ``bootstrap`` state belongs to ``role``, those episodes'
+    indices), or None if there is none: the critic reads V(s_T) of truncated episodes on these rows
+    (last prompt token, as for every step)."""
+    index = [i for i, e in enumerate(episodes) if e.bootstrap is not None and e.bootstrap.role == role]
+    if not index:
+        return None
+    states = [Episode(episodes[i].episode_id, episodes[i].group_id, episodes[i].task_id,
+                      (replace(episodes[i].bootstrap, trainable=True),)) for i in index]
+    return build_role_batch(states, role, pad_id), index
 
 
 def _empty(name: str, T: int) -> torch.Tensor:

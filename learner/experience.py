@@ -103,7 +103,7 @@ def normalize_rewards(x: torch.Tensor, stats: RunningMeanStd, algo: AlgoConfig) 
 
 
 def _turn_inputs(b: RoleBatch, scores: torch.Tensor, step_r: torch.Tensor, kl_row: torch.Tensor | None,
-                 values: torch.Tensor | None, algo: AlgoConfig) -> AdvantageInputs:
+                 values: torch.Tensor | None, algo: AlgoConfig, next_values: torch.Tensor | None = None) -> AdvantageInputs:
     dense = b.to_steps(step_r) if algo.reward_placement == "per_turn" else torch.zeros(b.episodes.rewards.shape[0], b.episodes.max_steps)
     if kl_row is not None:
         dense = dense - algo.kl_coef * b.to_steps(kl_row)
@@ -112,7 +112,7 @@ def _turn_inputs(b: RoleBatch, scores: torch.Tensor, step_r: torch.Tensor, kl_ro
         v = b.to_steps(values[torch.arange(b.num_rows), (b.prompt_lens - 1).clamp(min=0)])
     outcome = scores if algo.reward_placement == "outcome" else None
     return AdvantageInputs(mask=b.episodes.step_mask(), scores=outcome, token_rewards=dense, values=v,
-                           group_ids=list(b.episodes.group_ids))
+                           next_values=next_values if v is not None else None, group_ids=list(b.episodes.group_ids))
 
 
 def _token_inputs(b: RoleBatch, scores: torch.Tensor, step_r: torch.Tensor, kl_tok: torch.Tensor | None,
@@ -124,13 +124,15 @@ def _token_inputs(b: RoleBatch, scores: torch.Tensor, step_r: torch.Tensor, kl_t
                            group_ids=list(b.row_groups()))
 
 
-def _advantages(b: RoleBatch, scores, step_r, kl_tok, values, algo: AlgoConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _advantages(b: RoleBatch, scores, step_r, kl_tok, values, algo: AlgoConfig,
+                next_values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(token advantages (B, T) on loss_mask, returns (B, T) on value positions)."""
     cfg = AdvantageConfig(gamma=algo.gamma, lam=algo.lam, norm_by_std=algo.norm_adv_by_std, whiten_gae=algo.whiten_gae)
     fm = b.loss_mask.to(torch.float32)
     if algo.advantage_level == "turn":
         kl_row = (kl_tok * fm).sum(-1) if kl_tok is not None else None
-        out = compute_advantages(algo.advantage_estimator, _turn_inputs(b, scores, step_r, kl_row, values, algo), cfg)
+        out = compute_advantages(algo.advantage_estimator,
+                                 _turn_inputs(b, scores, step_r, kl_row, values, algo, next_values), cfg)
         adv = b.from_steps(out.advantages).float()[:, None] * fm
         ret = b.from_steps(out.returns).float()[:, None] * value_positions(b, "turn")
         return adv, ret
@@ -150,8 +152,11 @@ def compute_experience(
     values: torch.Tensor | None,
     algo: AlgoConfig,
     reward_stats: RunningMeanStd,
+    next_values: torch.Tensor | None = None,
 ) -> tuple[Experience, RunningMeanStd, dict[str, float]]:
     """Everything the PPO update needs for batch ``b`` given the no-grad forward results (B, T).
+    ``next_values`` (E,): V of the state after each episode's last step (truncated episodes; 0 for
+    ended ones), the GAE bootstrap at turn level.
 
     Returns the experience, the updated reward statistics, and diagnostics (reward, advantage,
     KL-to-reference, and sampler/learner mismatch statistics)."""
@@ -161,7 +166,7 @@ def compute_experience(
     scores, step_r = (normed, b.step_rewards) if algo.reward_placement == "outcome" else (b.episodes.rewards, normed)
     kl_tok = kl_penalty(old_logp, ref_logp, algo.kl_estimator) * lm if ref_logp is not None else None
     kl_for_reward = kl_tok if algo.kl_in == "reward" else None
-    adv, ret = _advantages(b, scores, step_r, kl_for_reward, values, algo)
+    adv, ret = _advantages(b, scores, step_r, kl_for_reward, values, algo, next_values)
     vmask = value_positions(b, algo.advantage_level)
     old_values = values * vmask if values is not None else torch.zeros_like(old_logp)
     cap = algo.tis_cap if algo.tis_cap is not None else float("inf")

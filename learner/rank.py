@@ -35,7 +35,7 @@ from transformers import AutoProcessor, AutoTokenizer
 
 from learner import checkpoint
 from learner.algos import RunningMeanStd
-from learner.batch import RoleBatch, build_role_batch
+from learner.batch import RoleBatch, build_bootstrap_batch, build_role_batch
 from learner.config import LearnerConfig
 from learner.deepspeed_engine import ZeroEngine, init_world
 from learner.experience import Experience, compute_experience
@@ -122,13 +122,30 @@ class LearnerRank:
         if algo.needs_reference:
             with timer("ref_forward"):
                 ref, _ = self._score(rb, eb.images, use_adapter=False, with_values=False)
+        next_values = None
+        if values is not None and algo.advantage_level == "turn":
+            with timer("bootstrap_forward"):
+                next_values = self._bootstrap_values(eb)
         with timer("advantages"):
-            exp, self.reward_stats, diag = compute_experience(rb, old, ref, values, algo, self.reward_stats)
+            exp, self.reward_stats, diag = compute_experience(rb, old, ref, values, algo, self.reward_stats,
+                                                              next_values)
         with timer("update"):
             upd = self._update(rb, eb.images, exp)
         self.step += 1
         self._forget_images()
         return {**diag, **upd, **self._batch_metrics(rb, timer, time.perf_counter() - t_start)}
+
+    def _bootstrap_values(self, eb: EpisodeBatch) -> torch.Tensor | None:
+        """(E,) V(s_T) read on the last prompt token of each truncated episode's final state (0 for
+        the others), or None when no episode was truncated; collective."""
+        boot = build_bootstrap_batch(eb.episodes, self.config.role, self.pad_id)
+        if boot is None:
+            return None
+        bb, index = boot
+        _, v = self._score(bb, eb.images, use_adapter=True, with_values=True)
+        out = torch.zeros(len(eb.episodes))
+        out[index] = v[torch.arange(bb.num_rows), bb.prompt_lens - 1]
+        return out
 
     def logprobs(self, batch: EpisodeBatch | tuple[pa.Table, pa.Table], use_adapter: bool = True) -> list[list[float]]:
         """Log-probs of the output tokens of each of this role's trainable turns (rows in

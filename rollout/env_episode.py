@@ -136,6 +136,8 @@ class _Run:
     invalid: int = 0
     """Replies the parser rejected."""
     finish: str = ""
+    bootstrap: Turn | None = None
+    """Set when the time limit truncates the episode: the final state's prompt (no output)."""
 
 
 def env_task_id(env: str, env_seed: int) -> str:
@@ -156,6 +158,10 @@ def run_env_episodes(engine: Engine, env_seeds: Sequence[int], cfg: EnvEpisodeCo
         results, wall = timed_generate(engine, requests)
         for r, png, [c] in zip(live, pngs, results):
             _advance(r, engine, cfg, c, png, wall)
+            if r.finish == "truncated":
+                final = encode_png(r.observation)
+                images[image_hash(final)] = final
+                r.bootstrap = _bootstrap_turn(chat, r, cfg, c, final, engine.image_token_id)
     return EpisodeBatch(tuple(_episode(r, cfg, reward) for r in runs), images)
 
 
@@ -193,6 +199,17 @@ def _advance(r: _Run, engine: Engine, cfg: EnvEpisodeConfig, c: Completion, png:
         r.finish = "terminated" if ts.terminated else "truncated"
 
 
+def _bootstrap_turn(chat: ChatFormat, r: _Run, cfg: EnvEpisodeConfig, last: Completion, png: bytes,
+                    image_token_id: int | None) -> Turn:
+    """The prompt the next step would have had (fresh prompt, final image), its image placeholder
+    expanded as the engine expanded the last step's; no output, never trained."""
+    prompt = chat.prompt(cfg.policy.system_prompt, build_prompt(cfg.env, r.info, cfg.cot), num_images=1)
+    pads = sum(1 for t in last.prompt_ids if t == image_token_id) if image_token_id is not None else 1
+    ids = tuple(x for t in prompt for x in ([t] * pads if t == image_token_id else [t]))
+    return Turn(role="policy", prompt_ids=ids, output_ids=(), output_logprobs=(),
+                adapter_version=last.adapter_version, image_hashes=(image_hash(png),), trainable=False)
+
+
 def _episode(r: _Run, cfg: EnvEpisodeConfig, reward: Reward | None) -> Episode:
     """Episode with reward = return (or the plugin's score) and success = return > 0."""
     ret = math.fsum(t.reward for t in r.turns)
@@ -203,5 +220,6 @@ def _episode(r: _Run, cfg: EnvEpisodeConfig, reward: Reward | None) -> Episode:
         reward_reason="" if ret > 0 else "no positive return",
         metadata={"env": cfg.env, "env_seed": str(r.env_seed), "actions": " ".join(r.actions),
                   "invalid_replies": str(r.invalid)},
+        bootstrap=r.bootstrap,
     )
     return score(task, episode, reward, None)

@@ -55,6 +55,7 @@ EPISODE_SCHEMA = pa.schema(
         ("answer", pa.string()),
         ("policy_versions", pa.map_(pa.string(), pa.int64())),
         ("metadata", pa.map_(pa.string(), pa.string())),
+        ("bootstrap", TURN),
     ]
 )
 
@@ -74,7 +75,7 @@ class EpisodeBatch:
     images: Mapping[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        missing = {h for e in self.episodes for t in e.turns for h in t.image_hashes} - set(self.images)
+        missing = {h for e in self.episodes for t in (*e.turns, *_bootstrap(e)) for h in t.image_hashes} - set(self.images)
         if missing:
             raise ValueError(f"EpisodeBatch.images: missing bytes for hashes {sorted(missing)[:3]}")
 
@@ -123,6 +124,10 @@ class EpisodeBatch:
         )
 
 
+def _bootstrap(e: Episode) -> tuple[Turn, ...]:
+    return (e.bootstrap,) if e.bootstrap is not None else ()
+
+
 def _span_dict(span: Span | None) -> dict | None:
     return None if span is None else {"start": span.start, "end": span.end}
 
@@ -159,6 +164,7 @@ def _episode_row(e: Episode) -> dict:
         "answer": e.answer,
         "policy_versions": list(e.policy_versions.items()),
         "metadata": list(e.metadata.items()),
+        "bootstrap": _turn_row(e.bootstrap) if e.bootstrap is not None else None,
     }
 
 
@@ -197,4 +203,5 @@ def _episode_from_row(r: dict) -> Episode:
         answer=r["answer"],
         policy_versions=dict(r["policy_versions"]),
         metadata=dict(r["metadata"]),
+        bootstrap=_turn_from_row(r["bootstrap"]) if r["bootstrap"] is not None else None,
     )

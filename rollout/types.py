@@ -123,12 +123,18 @@ class Episode:
     policy_versions: Mapping[str, int] = field(default_factory=dict)
     """Adapter version per role that produced this episode (the minimum over its turns)."""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    bootstrap: Turn | None = None
+    """Truncated environment episodes: the state after the last step as a prompt with no output
+    (``trainable=False``), built like every step's prompt; the learner's critic reads V(s_T) on
+    it to bootstrap GAE instead of treating the time limit as the end of the task. None otherwise."""
 
     def __post_init__(self) -> None:
         if not self.episode_id or not self.group_id or not self.task_id:
             raise ValueError("Episode: episode_id, group_id and task_id must be non-empty")
         if self.finish_reason not in FINISH_REASONS:
             raise ValueError(f"Episode.finish_reason: {self.finish_reason!r} not in {FINISH_REASONS}")
+        if self.bootstrap is not None and (self.bootstrap.output_ids or self.bootstrap.trainable):
+            raise ValueError("Episode.bootstrap: must be a prompt only turn (no output, trainable=False)")
         if not self.policy_versions and self.turns:
             versions: dict[str, int] = {}
             for t in self.turns:

@@ -57,6 +57,9 @@ def test_numberline_ppo_with_value_head(tmp_path):
     names = {r["name"] for r in rows if r["scope"] == "learner/policy"}
     # PPO's critic diagnostics (seed 003 asks for them) are reported
     assert {"loss/value", "value/explained_variance", "adv/mean", "adv/std"} <= names
+    # the 2-step time limit truncated episodes: the critic read V(s_T) on their final states
+    assert "finish=truncated" in (tmp_path / "nl" / "transcripts" / "step_00000.txt").read_text()
+    assert "time/bootstrap_forward" in names
 
 
 def test_cryptogram_grpo_async_with_composite_reward(tmp_path):

@@ -95,6 +95,14 @@ def test_wrong_play_is_truncated_with_minus_one_each_step():
     assert [t.reward for t in e.turns] == [-1.0] * 10
     assert (e.reward, e.success, e.finish_reason) == (-10.0, False, "truncated")
     assert e.reward_reason == "no positive return"
+    # the state after the 10th step (still at 5, target 3) as the next prompt would show it: the
+    # critic bootstraps GAE from its value
+    b = e.bootstrap
+    assert b.prompt_ids == e.turns[-1].prompt_ids and (b.output_ids, b.trainable) == ((), False)
+    assert STATES[b.image_hashes[0]] == (5, 3) and b.adapter_version == 1
+    eng2 = SeeingEngine(optimal)
+    [done] = run_env_episodes(eng2, [0], CFG, group_size=1).episodes
+    assert done.finish_reason == "terminated" and done.bootstrap is None  # the task really ended
 
 
 def test_invalid_replies_penalty_and_random_modes():

@@ -10,6 +10,7 @@
 """
 
 import functools
+from dataclasses import replace
 import random
 
 import numpy as np
@@ -136,17 +137,19 @@ def sgd_step(params, lr):
             p.grad = None
 
 
-def reference_ppo(model, head, turns, rewards, mb_rows):
-    """PPO: old/ref/values once, GAE (one step per episode: A = r - V), whitening, then one SGD step
-    per minibatch of token-mean clipped surrogate x TIS + 0.5 value loss - 0.01 entropy."""
+def reference_ppo(model, head, turns, rewards, mb_rows, boots):
+    """PPO: old/ref/values once, GAE (one step per episode, gamma = lam = 1: A = r + V(s') - V, with
+    V(s') read on the bootstrap state of a truncated episode, 0 after an ended one), whitening, then
+    one SGD step per minibatch of token-mean clipped surrogate x TIS + 0.5 value loss - 0.01 entropy."""
     with torch.no_grad():
         fw = [forward_one(model, head, t) for t in turns]
         refs = [forward_one(model, None, t, use_adapter=False)[0] for t in turns]
+        v_next = torch.stack([forward_one(model, head, b)[2] if b else torch.tensor(0.0) for b in boots])
     old = [f[0] for f in fw]
     v_old = torch.stack([f[2] for f in fw])
     kl = torch.stack([(0.5 * (r - o) ** 2).sum() for r, o in zip(refs, old)])  # k2 in the reward
     r = torch.tensor(rewards) - 0.05 * kl
-    a_raw = r - v_old
+    a_raw = r + v_next - v_old
     ret = a_raw + v_old
     adv = (a_raw - a_raw.mean()) / torch.sqrt(a_raw.var(unbiased=True) + 1e-8)
     tis = [torch.clamp(torch.exp(o - torch.tensor(t.output_logprobs, dtype=torch.float32)), max=2.0)
@@ -224,6 +227,13 @@ def test_ppo_gae_equals_plain_loop(world1, text_lm):
     group.train_step(make_batch(text_lm, 0))  # moves lora_B off zero so every LoRA gradient is non-trivial
     before, head_before = state_of(group.adapter_files(1)), group.value_head_state()
     batch = make_batch(text_lm, 1)
+    # episodes 1 and 4 were cut by a time limit: their GAE bootstraps from V(next state)
+    eps = list(batch.episodes)
+    for i in (1, 4):
+        t = eps[i].turns[0]
+        state = Turn("policy", t.prompt_ids + t.output_ids + (40, 41), (), (), 0, trainable=False)
+        eps[i] = replace(eps[i], finish_reason="truncated", bootstrap=state)
+    batch = EpisodeBatch(tuple(eps))
     m = group.train_step(batch)
     after, head_after = state_of(group.adapter_files(2)), group.value_head_state()
     group.close()
@@ -231,7 +241,9 @@ def test_ppo_gae_equals_plain_loop(world1, text_lm):
     model = reference_model(text_lm, cfg.lora, before)
     head = reference_head(head_before)
     turns = [e.turns[0] for e in batch.episodes]
-    pg, vl, total = reference_ppo(model, head, turns, [e.reward for e in batch.episodes], [[0, 1, 2], [3, 4, 5]])
+    pg, vl, total = reference_ppo(model, head, turns, [e.reward for e in batch.episodes], [[0, 1, 2], [3, 4, 5]],
+                                  [e.bootstrap for e in batch.episodes])
+    assert m["time/bootstrap_forward"] > 0
     assert m["loss/policy"] == pytest.approx(pg, abs=TOL)
     assert m["loss/value"] == pytest.approx(vl, abs=TOL)
     assert m["loss/total"] == pytest.approx(total, abs=TOL)

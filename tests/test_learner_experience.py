@@ -78,6 +78,33 @@ def test_turn_level_gae_with_env_rewards():
     assert "value/explained_variance" in diag
 
 
+def test_truncated_episode_bootstraps_gae_from_the_final_state_value():
+    # the same episode cut by the time limit after step 2, V(s_3) = 2.0 read on its bootstrap state:
+    #   d2 = -1 + 0.9 * 2.0 - (-0.1) = 0.9            A2 = 0.9
+    #   d1 = 0.71 (as before)                         A1 = 0.71 + 0.855 * 0.9 = 1.4795
+    #   d0 = -0.32                                    A0 = -0.32 + 0.855 * 1.4795 = 0.9449725
+    # a second, terminated episode in the batch (next value 0) keeps its plain GAE
+    from learner.batch import build_bootstrap_batch
+
+    ts = (turn("policy", [1, 2], [3], reward=0.0), turn("policy", [1, 2, 3, 4], [5], reward=1.0),
+          turn("policy", [1, 2, 3, 4, 5, 6], [7], reward=-1.0))
+    boot = turn("policy", [1, 2, 3, 4, 5, 6, 7, 8], [], trainable=False)
+    cut = Episode("e", "g", "t", ts, finish_reason="truncated", bootstrap=boot)
+    ended = Episode("f", "g", "t", ts[:1], finish_reason="terminated")
+    b = build_role_batch([cut, ended], "policy", 0)
+    bb, index = build_bootstrap_batch([cut, ended], "policy", 0)
+    assert index == [0] and bb.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]] and not bb.loss_mask.any()
+    assert build_bootstrap_batch([ended], "policy", 0) is None
+    assert build_bootstrap_batch([cut], "observer", 0) is None
+    values = torch.zeros(4, 7)
+    values[0, 1], values[1, 3], values[2, 5], values[3, 1] = 0.5, 0.2, -0.1, 0.4
+    algo = AlgoConfig(advantage_estimator="gae", gamma=0.9, lam=0.95, whiten_gae=False, reward_placement="per_turn")
+    exp, _, _ = compute_experience(b, b.rollout_logprobs.clone(), None, values, algo, RunningMeanStd(),
+                                   next_values=torch.tensor([2.0, 0.0]))
+    # ended: one step, reward 0, V 0.4 -> A = -0.4
+    assert exp.seq_advantages.tolist() == pytest.approx([0.9449725, 1.4795, 0.9, -0.4], abs=1e-6)
+
+
 def test_kl_in_reward_turn_level():
     # one row, outputs at positions 2, 3; k1 KL = old - ref = (-1 - -1.5) + (-2 - -2.25) = 0.75 per turn;
     # kl_coef 0.2 -> reward 1 - 0.15 = 0.85; GAE with V = 0, gamma = lam = 1: A = 0.85

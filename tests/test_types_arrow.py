@@ -82,6 +82,20 @@ def test_arrow_round_trip_is_exact_and_images_stored_once(tmp_path):
     assert EpisodeBatch.read_parquet(tmp_path) == batch
 
 
+def test_bootstrap_turn_round_trips_and_its_image_must_travel(tmp_path):
+    boot = _turn(prompt_ids=(9, 9), output_ids=(), output_logprobs=(), image_hashes=(image_hash(IMG_B),),
+                 trainable=False, text="")
+    ep = Episode("e", "g", "t", (_turn(image_hashes=(image_hash(IMG_A),)),), finish_reason="truncated",
+                 bootstrap=boot)
+    batch = EpisodeBatch((ep, _episode(1)), {image_hash(IMG_A): IMG_A, image_hash(IMG_B): IMG_B})
+    assert EpisodeBatch.from_arrow(*batch.to_arrow()) == batch
+    assert batch.to_arrow()[0].column("bootstrap").to_pylist()[1] is None
+    with pytest.raises(ValueError, match="missing bytes"):
+        EpisodeBatch((ep,), {image_hash(IMG_A): IMG_A})  # the bootstrap state's image is missing
+    with pytest.raises(ValueError, match="Episode.bootstrap: must be a prompt only turn"):
+        Episode("e", "g", "t", (), bootstrap=_turn(trainable=False))
+
+
 def test_batch_rejects_missing_image_bytes():
     with pytest.raises(ValueError, match="missing bytes"):
         EpisodeBatch((_episode(0),), {})
