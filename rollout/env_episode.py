@@ -5,7 +5,9 @@ every live episode: render the observation to PNG, write the env package's promp
 state, and make ONE batched engine call for all live episodes; then parse each reply's action
 (``rollout.envs.step_with_text``: an invalid reply plays a random action or takes a penalty, as
 configured), step the env and record the step reward on the turn. An episode ends when the env
-terminates or truncates (the env enforces ``max_steps``).
+terminates or truncates (the env enforces ``max_steps``); a truncated one keeps its final state as
+``Episode.bootstrap`` (the next step's prompt, no output) so that the critic can bootstrap GAE
+from V(s_T) instead of treating the time limit as the end of the task.
 
 As in RL4VLM, every step is a FRESH single-turn prompt holding only the current image (no history
 of earlier steps), so each turn's ``prompt_ids`` is self-contained.
