@@ -44,6 +44,16 @@ install_packages() {
   fi
 }
 
+clear_stale_extension_locks() {
+  # torch guards an op build with a `lock` file in its build folder; a process killed mid-build
+  # leaves it behind and every later load of the op (here, and in each DeepSpeed learner) then waits
+  # forever, silently. A build takes about a minute, so a lock older than 10 minutes is stale.
+  local ext_dir=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}
+  if [ -d "$ext_dir" ]; then
+    find "$ext_dir" -name lock -type f -mmin +10 -print -delete | sed 's/^/[setup] removed a stale torch extension lock: /'
+  fi
+}
+
 warm_deepspeed() {
   # The first init_distributed on CPU compiles deepspeed_shm_comm (40-70 s); do it here, once.
   log "building DeepSpeed's CPU communication op (cached in ~/.cache/torch_extensions)"
@@ -53,6 +63,7 @@ ShareMemCommBuilder().load(verbose=False)
 EOF
 }
 
+clear_stale_extension_locks
 stamp_file=$VENV/.duet-setup-stamp
 want=$(stamp_of)
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want" ]; then
