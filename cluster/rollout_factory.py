@@ -26,14 +26,11 @@ from rollout.worker import RolloutStats, RolloutWorker
 
 def eval_config(config: RolloutConfig) -> RolloutConfig:
     """``config`` with G = 1 and greedy sampling for every role (deterministic evaluation)."""
-    greedy = {"temperature": 0.0}
     update: dict = {"group_size": 1, "transcripts": config.transcripts}
     for section, roles in (("single_turn", ("policy",)), ("env", ("policy",)),
                            ("dialogue", ("reasoner", "observer"))):
         sub = getattr(config, section)
-        changed = {r: getattr(sub, r).model_copy(update={
-            "sampling": getattr(sub, r).sampling.model_copy(update=greedy)}) for r in roles}
-        update[section] = sub.model_copy(update=changed)
+        update[section] = sub.model_copy(update={r: getattr(sub, r).greedy() for r in roles})
     return config.model_copy(update=update)
 
 

@@ -260,7 +260,7 @@ def judge(answer: SyncAck | SyncFailure, version: int, expected: Sequence[float]
         return answer
     wid = answer.worker_id
     if answer.error:
-        return SyncFailure(wid, f"rejected (serves v{answer.version}): {answer.error}")
+        return SyncFailure(wid, f"rejected (serves v{answer.version}): {answer.error}", "rejected")
     if answer.version != version:
         return SyncFailure(wid, f"stale: serves v{answer.version}, expected v{version}", "stale")
     if len(answer.probe_logprobs) != len(expected):

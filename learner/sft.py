@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from learner.batch import take_rows
-from rollout.chat import ChatFormat
+from rollout.chat import ChatFormat, expand_image_pads
 
 __all__ = ["SFTExample", "SFTBatch", "read_sft_parquet", "tokenize_examples", "sft_loss_sums"]
 
@@ -109,20 +109,11 @@ def _example_ids(ex: SFTExample, fmt: ChatFormat, image_tokens: int) -> tuple[li
         else:
             n_img = 1 if (image_pending and role == "user") else 0
             image_pending &= not n_img
-            parts = [(_expand_image(fmt.message(role, text, n_img), fmt, image_tokens), False)]
+            parts = [(expand_image_pads(fmt.message(role, text, n_img), fmt.image_pad_id, image_tokens), False)]
         for part, flag in parts:
             ids += part
             loss += [flag] * len(part)
     return ids, loss
-
-
-def _expand_image(ids: list[int], fmt: ChatFormat, n: int) -> list[int]:
-    """Replace the single ``<|image_pad|>`` with ``n`` of them (what the engine does)."""
-    pad = fmt._encode("<|image_pad|>")[0]
-    out: list[int] = []
-    for i in ids:
-        out += [pad] * n if i == pad else [i]
-    return out
 
 
 def tokenize_examples(examples: Sequence[SFTExample], tokenizer, pad_id: int, max_length: int,

@@ -10,6 +10,12 @@ pad token to the image's real token count.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
+
+
+def expand_image_pads(ids: Sequence[int], pad_id: int | None, n: int) -> list[int]:
+    """``ids`` with every image pad token repeated ``n`` times (what a VLM engine does to a prompt)."""
+    return [x for t in ids for x in ([t] * n if t == pad_id else [t])]
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,10 @@ class ChatFormat:
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    @property
+    def image_pad_id(self) -> int:
+        return self._encode("<|image_pad|>")[0]
 
     @property
     def end_id(self) -> int:

@@ -68,6 +68,10 @@ class RoleConfig(_Config):
     trainable: bool = True
     """Whether this role's turns receive gradient (False for the frozen role of an IMMO epoch)."""
 
+    def greedy(self) -> RoleConfig:
+        """A copy that samples at temperature 0 (its other sampling settings kept)."""
+        return self.model_copy(update={"sampling": self.sampling.model_copy(update={"temperature": 0.0})})
+
 
 class AnswerFormat(_Config):
     """How the final answer is read from a reply (what the rewards compare to the reference)."""
@@ -156,9 +160,7 @@ class DialogueConfig(_Config):
 
     def with_greedy(self, roles: Sequence[str]) -> DialogueConfig:
         """A copy in which ``roles`` sample greedily (temperature 0), the others unchanged."""
-        changed = {r: getattr(self, r).model_copy(update={
-            "sampling": getattr(self, r).sampling.model_copy(update={"temperature": 0.0})}) for r in roles}
-        return self.model_copy(update=changed)
+        return self.model_copy(update={r: getattr(self, r).greedy() for r in roles})
 
     @model_validator(mode="after")
     def _templates(self) -> DialogueConfig:

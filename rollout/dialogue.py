@@ -109,12 +109,10 @@ class _Side:
         """One engine call for those of ``dialogues`` whose next prompt fits the engine (the others
         end, see the module docstring): record each turn, extend each context with the sampled ids
         and the closing ids; return (dialogue, crossing text) for every dialogue that took its turn."""
-        requests = {id(d): self._request(d, seed, step) for d in dialogues}
-        running = [d for d in dialogues if self._fits(d, requests[id(d)])]
-        results, wall = timed_generate(self.engine, [requests[id(d)] for d in running])
+        running = [(d, req) for d in dialogues if self._fits(d, req := self._request(d, seed, step))]
+        results, wall = timed_generate(self.engine, [req for _, req in running])
         out = []
-        for d, [c] in zip(running, results):
-            req = requests[id(d)]
+        for (d, req), [c] in zip(running, results):
             d.turns.append(make_turn(self.role, c, self.cfg, req.images, wall))
             d.expanded.setdefault(self.role, len(c.prompt_ids) - len(req.prompt_ids))
             d.ctx[self.role] = list(req.prompt_ids) + list(c.output_ids) + self.chat.close_reply(c.output_ids)

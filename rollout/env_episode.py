@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from rewards.base import Reward
-from rollout.chat import ChatFormat
+from rollout.chat import ChatFormat, expand_image_pads
 from rollout.config import EnvEpisodeConfig
 from rollout.engine.base import Completion, Engine, Request
 from rollout.envs import (
@@ -207,7 +207,7 @@ def _bootstrap_turn(chat: ChatFormat, r: _Run, cfg: EnvEpisodeConfig, last: Comp
     expanded as the engine expanded the last step's; no output, never trained."""
     prompt = chat.prompt(cfg.policy.system_prompt, build_prompt(cfg.env, r.info, cfg.cot), num_images=1)
     pads = sum(1 for t in last.prompt_ids if t == image_token_id) if image_token_id is not None else 1
-    ids = tuple(x for t in prompt for x in ([t] * pads if t == image_token_id else [t]))
+    ids = tuple(expand_image_pads(prompt, image_token_id, pads))
     return Turn(role="policy", prompt_ids=ids, output_ids=(), output_logprobs=(),
                 adapter_version=last.adapter_version, image_hashes=(image_hash(png),), trainable=False)
 

@@ -12,6 +12,7 @@ import math
 import re
 from typing import Callable, Mapping, Sequence
 
+from rollout.chat import expand_image_pads
 from rollout.engine.base import AdapterRef, AdapterRejected, Completion, Request
 
 SPECIAL_TOKENS = (
@@ -99,10 +100,7 @@ class FakeEngine:
         pads = sum(1 for t in prompt_ids if t == self.image_token_id)
         if pads != num_images:
             raise ValueError(f"prompt has {pads} image placeholders but {num_images} images were given")
-        out: list[int] = []
-        for t in prompt_ids:
-            out.extend([t] * self.image_tokens if t == self.image_token_id else [t])
-        return tuple(out)
+        return tuple(expand_image_pads(prompt_ids, self.image_token_id, self.image_tokens))
 
     def _complete(self, req: Request) -> list[Completion]:
         if req.adapter is not None and req.adapter not in self._versions:
