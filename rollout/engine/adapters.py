@@ -8,7 +8,7 @@ previous version in service.
 
 Pure Python: the safetensors header is parsed by hand (8-byte little-endian length + JSON, see
 https://github.com/huggingface/safetensors#format), so no tensor is loaded and no heavy import is
-needed. The feature checks mirror vLLM's ``PEFTHelper.validate_legal`` (vllm/lora/peft_helper.py).
+needed; only the header is read, the data section is checked against the file size. The feature checks mirror vLLM's ``PEFTHelper.validate_legal`` (vllm/lora/peft_helper.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+MAX_HEADER_BYTES = 100_000_000
+"""safetensors refuses headers above 100 MB (``N_LEN`` check in the reference implementation)."""
 
 VISION_MARKERS = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "mm_projector")
 """Module-path components that place a module in the vision tower or its connector."""
@@ -55,21 +59,30 @@ def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     Complete means: the header parses, each tensor's byte range matches its dtype and shape, the
     ranges tile the data section, and the file ends exactly where the last tensor does (a file cut
     short by an interrupted copy fails here). Raises ValueError otherwise.
+
+    Reads only the 8-byte length and the JSON header; the data section is checked against the
+    file's size from ``stat``, never read (a 7B model's shards are GBs, read at every engine start
+    before this change). Content corruption of the same length is the checksum's job
+    (:func:`check_adapter` hashes the small adapter file anyway).
     """
-    data = Path(path).read_bytes()
-    if len(data) < 8:
-        raise ValueError(f"{path}: {len(data)} bytes, too short for a safetensors header")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise ValueError(f"{path}: header of {n} bytes runs past the end of the file ({len(data)} bytes)")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise ValueError(f"{path}: {size} bytes, too short for a safetensors header")
+        (n,) = struct.unpack("<Q", f.read(8))
+        if 8 + n > size:
+            raise ValueError(f"{path}: header of {n} bytes runs past the end of the file ({size} bytes)")
+        if n > MAX_HEADER_BYTES:
+            raise ValueError(f"{path}: header of {n} bytes is over safetensors' limit of {MAX_HEADER_BYTES}")
+        raw = f.read(n)
     try:
-        header = json.loads(data[8 : 8 + n])
+        header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: header is not valid JSON ({e})") from e
     header.pop("__metadata__", None)
     shapes, end = _check_tensor_ranges(str(path), header)
-    if 8 + n + end != len(data):
-        raise ValueError(f"{path}: tensors end at byte {8 + n + end} but the file has {len(data)} (truncated?)")
+    if 8 + n + end != size:
+        raise ValueError(f"{path}: tensors end at byte {8 + n + end} but the file has {size} (truncated?)")
     return shapes
 
 
