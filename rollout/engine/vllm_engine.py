@@ -24,6 +24,13 @@ What it does with vLLM, and why (facts from stack.md and vllm 0.32 sources):
   last slot's adapter to base-model requests (``config.SPARE_LORA_SLOTS``).
 * Log-probs: ``logprobs=0`` returns only the sampled token's log-prob; raw (pre-temperature) unless
   ``EngineConfig.logprobs_mode`` says "processed_logprobs".
+* Tensor parallelism (``tensor_parallel_size`` > 1, CUDA): the engine gets
+  ``distributed_executor_backend="ray"`` (``EngineConfig.executor_backend``) and nothing else: vLLM
+  reads the placement group of the actor it runs in (``ray.util.get_current_placement_group()``)
+  and starts one shard actor per one-GPU bundle of it. The rollout worker's group and resources
+  come from :mod:`cluster.tp_placement` (the worker actor holds no GPU itself). Outside any
+  placement group vLLM creates a group of its own, unseen by the run's plan.
+* Further vLLM arguments come from ``EngineConfig.vllm_args`` (names checked at recipe load).
 """
 
 from __future__ import annotations
