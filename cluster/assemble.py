@@ -20,8 +20,9 @@ from cluster.actors import register_workers, rollout_worker_actor, start_sync_se
 from cluster.config import Recipe
 from cluster.driver import Driver
 from cluster.learner_group import LearnerGroup
-from cluster.placement import (RoleSpec, bundle_strategy, create_placement_groups, plan_resources,
+from cluster.placement import (RoleSpec, bundle_nodes, bundle_strategy, create_placement_groups, plan_resources,
                                remove_placement_groups)
+from cluster.storage import StorageError, check_shared
 from cluster.rollout_factory import RolloutWorkerFactory
 from cluster.weight_sync import Probe
 from cluster.sft_data import dialogue_sft_examples, sft_examples
@@ -45,7 +46,15 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: P
     from deploy.offline_models import resolve_model
 
     c = recipe.cluster
-    groups = create_placement_groups(_plan(recipe), run_name=f"duet-{recipe.name}")
+    groups = create_placement_groups(_plan(recipe), timeout_s=c.placement_timeout_s, run_name=f"duet-{recipe.name}",
+                                     autoscaling=c.autoscaling, say=log.event)
+    nodes = bundle_nodes(groups)
+    try:
+        check_shared(recipe.run_dir(), nodes)
+    except StorageError:
+        remove_placement_groups(groups)
+        raise
+    log.event(f"run directory {recipe.run_dir()} is seen by every node of the run ({len(nodes)})")
     learners = {}
     for role in recipe.trainable_roles:
         rt = recipe.roles[role]
@@ -56,7 +65,7 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: P
                   f"{rt.model}, up in {learners[role].init_seconds:.1f}s")
     factory = RolloutWorkerFactory(recipe.model_dump_json(), str(models_dir))
     actor = rollout_worker_actor(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus)
-    root = str(Path(recipe.run_dir()).resolve() / "adapters" / "{node}")
+    root = str(recipe.run_dir() / "adapters" / "{node}")
     workers = {f"rollout-{i}": actor.options(scheduling_strategy=bundle_strategy(groups["rollout"], i))
                .remote(factory, f"rollout-{i}", root) for i in range(c.rollout_workers)}
     wait_alive(list(workers.values()), timeout_s=600)

@@ -49,11 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(recipe.model_dump(mode="json"), indent=2))
         return 0
     from cluster.placement import PlanDoesNotFit
-    from cluster.run import run_training
+    from cluster.run import run_training, settle
+    from cluster.storage import StorageError
 
     try:
+        recipe = settle(recipe)
+    except StorageError as err:  # before Ray starts: a bad input, like a bad recipe field
+        print(f"duet: {err}", file=sys.stderr)
+        return 2
+    try:
         summary = run_training(recipe, resume=args.resume)
-    except (PlanDoesNotFit, FileNotFoundError) as err:
+    except (PlanDoesNotFit, FileNotFoundError, StorageError) as err:
         print(f"duet: {err}", file=sys.stderr)
         return 1
     return 0 if summary.completed else 1

@@ -17,6 +17,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cluster.consistency import gpu_problems
 from learner.config import LearnerConfig
 from rollout.config import RolloutConfig
 from rollout.engine.config import EngineConfig
@@ -123,7 +124,8 @@ class ClusterConfig(_Config):
     """Ray resources."""
 
     address: str | None = None
-    """None starts a local single-node Ray; "auto" joins the running cluster (ray job submit)."""
+    """None: a local single-node Ray started by the run, except under ``ray job submit``, where the
+    job joins the cluster it was submitted to; "auto" (or an address) joins a running cluster."""
     rollout_workers: int = Field(1, ge=1)
     """Rollout worker actors (each holds one engine per base model)."""
     rollout_cpus: float = Field(1.0, gt=0)
@@ -140,13 +142,22 @@ class ClusterConfig(_Config):
     """Placement of rollout workers over nodes."""
     num_cpus: int | None = None
     """Local mode only: logical CPUs Ray may hand out (None: the machine's count)."""
+    placement_timeout_s: float | None = Field(60.0, gt=0)
+    """Seconds to wait for the run's placement groups (its actors' resources) before giving up with
+    what was pending; None waits without limit. Raise it on a cluster that must scale up first."""
+    autoscaling: bool = False
+    """The cluster adds nodes on demand (Ray's cluster launcher, KubeRay's autoscaler): skip the
+    capacity check against the nodes alive at start and wait ``placement_timeout_s`` for the
+    autoscaler to bring what the run needs (pending resources are logged every 30 s)."""
 
 
 class OutputConfig(_Config):
     """What a run writes."""
 
     dir: str = "runs/{name}"
-    """Run directory ("{name}" is the recipe name): metrics.parquet, transcripts/, checkpoints/."""
+    """Run directory ("{name}" is the recipe name): metrics.parquet, transcripts/, checkpoints/,
+    adapters/. A relative path is taken against the current directory; under ``ray job submit`` it
+    must be absolute, on storage that every node of the run mounts at that path (checked at start)."""
     transcripts_per_step: int = Field(2, ge=0)
     """Readable transcripts saved per step."""
     progress: bool = True
@@ -194,6 +205,15 @@ class Recipe(_Config):
         if self.train.frozen_roles == "greedy" and self.train.schedule != "alternating":
             raise ValueError("train.frozen_roles: 'greedy' needs schedule = 'alternating' (with 'joint' "
                              "every role is trained every step)")
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_settings_agree(self) -> Recipe:
+        """Device, GPU shares, tensor parallelism, memory fractions and learner backend must agree
+        (:func:`cluster.consistency.gpu_problems`): caught here, before Ray starts."""
+        problems = gpu_problems(self)
+        if problems:
+            raise ValueError("GPU settings disagree:\n    - " + "\n    - ".join(problems))
         return self
 
     @property

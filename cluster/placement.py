@@ -159,31 +159,63 @@ def node_capacities() -> dict[str, dict[str, float]]:
     return {n["NodeID"]: _cpu_gpu(n["Resources"]) for n in ray.nodes() if n["Alive"]}
 
 
-def create_placement_groups(plan: Plan, timeout_s: float = 60.0, run_name: str = "") -> dict:
+def create_placement_groups(plan: Plan, timeout_s: float | None = 60.0, run_name: str = "",
+                            autoscaling: bool = False, say=None, poll_s: float = 30.0) -> dict:
     """Check the plan against the cluster, then create its placement groups and wait until ready.
 
     With a ``run_name`` the groups are named ``<run_name>/<group>`` (visible in the dashboard; Ray
     requires names to be unique in the namespace), else they are unnamed.
 
+    ``autoscaling=True`` skips the capacity check against the nodes alive now (an autoscaler adds
+    nodes for pending placement groups: Ray's cluster launcher, KubeRay) and waits up to
+    ``timeout_s`` (None: without limit), calling ``say(line)`` every ``poll_s`` seconds with what
+    is still pending.
+
     Returns group name -> ``PlacementGroup``. Raises :class:`PlanDoesNotFit` when the capacity
     check fails, or when a group is not ready in ``timeout_s`` (resources held by other actors or
-    groups); in that case every group created here is removed again.
+    groups, or no node came); in that case every group created here is removed again.
     """
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    check_fits(plan, node_capacities())
+    if not autoscaling:
+        check_fits(plan, node_capacities())
     groups = {g.name: placement_group([dict(b) for b in g.bundles], strategy=g.strategy,
                                       name=f"{run_name}/{g.name}" if run_name else "")
               for g in plan.groups}
     for name, pg in groups.items():
-        if not pg.wait(timeout_seconds=timeout_s):
+        if not _wait_ready(pg, timeout_s, poll_s, lambda waited: say and say(
+                f"placement group {name!r} ({_fmt(plan.group(name).total())}) pending for {waited:.0f}s; "
+                f"cluster resources available now: {_fmt(_cpu_gpu(ray.available_resources()))}")):
             for other in groups.values():
                 remove_placement_group(other)
             free = _fmt(_cpu_gpu(ray.available_resources()))
             raise PlanDoesNotFit(f"placement group {name!r} ({_fmt(plan.group(name).total())}) not ready after "
-                                 f"{timeout_s:g}s; cluster resources available now: {free}")
+                                 f"{timeout_s:g}s (cluster.placement_timeout_s); cluster resources available "
+                                 f"now: {free}")
     return groups
+
+
+def _wait_ready(pg, timeout_s: float | None, poll_s: float, pending) -> bool:
+    """Wait for ``pg`` up to ``timeout_s`` (None: forever), calling ``pending(seconds)`` every ``poll_s``."""
+    import time
+
+    t0 = time.monotonic()
+    while True:
+        left = None if timeout_s is None else timeout_s - (time.monotonic() - t0)
+        if left is not None and left <= 0:
+            return False
+        if pg.wait(timeout_seconds=poll_s if left is None else min(poll_s, left)):
+            return True
+        pending(time.monotonic() - t0)
+
+
+def bundle_nodes(groups: Mapping[str, object]) -> list[str]:
+    """Node ids hosting the bundles of ready placement groups (each node once)."""
+    from ray.util import placement_group_table
+
+    nodes = {n for pg in groups.values() for n in placement_group_table(pg)["bundles_to_node_id"].values()}
+    return sorted(nodes)
 
 
 def _cpu_gpu(res: Mapping[str, float]) -> dict[str, float]:

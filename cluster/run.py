@@ -2,8 +2,9 @@
 data, evaluate, warm start, train, evaluate, summarise. ``duet train`` calls :func:`run_training`.
 
 Local mode (``cluster.address`` unset) starts a single-node Ray in this process and shuts it down
-at the end; under ``ray job submit`` (``address = "auto"``) the job joins the running cluster and
-leaves it running.
+at the end; under ``ray job submit`` (or with ``address = "auto"``) the job joins the running cluster
+and leaves it running. Every file of the run goes under one absolute ``output.dir``, which every
+node hosting the run's actors must see (:mod:`cluster.storage`, checked before any model loads).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from cluster.config import Recipe
 
@@ -74,6 +75,21 @@ def earlier_rows(run_dir: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist() if path.is_file() else []
 
 
+def settle(recipe: Recipe, environ: Mapping[str, str] | None = None) -> Recipe:
+    """``recipe`` as this process will run it: ``output.dir`` absolute (a relative one is refused
+    under ``ray job submit``, see :mod:`cluster.storage`), and a job that names no cluster address
+    joins the cluster it was submitted to instead of starting a Ray of its own. Idempotent; runs
+    before Ray starts, so a bad run directory costs nothing."""
+    from cluster.storage import resolve_run_dir, under_ray_job
+
+    in_job = under_ray_job(environ)
+    run_dir = resolve_run_dir(recipe.output.dir.format(name=recipe.name), in_job)
+    update = {"output": recipe.output.model_copy(update={"dir": str(run_dir)})}
+    if in_job and recipe.cluster.address is None:
+        update["cluster"] = recipe.cluster.model_copy(update={"address": "auto"})
+    return recipe.model_copy(update=update)
+
+
 def init_ray(recipe: Recipe) -> bool:
     """Connect to Ray; returns True when this call started a local instance (to shut down later)."""
     import ray
@@ -98,6 +114,7 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
     from cluster.assemble import build_runtime, checkpoint_fn, restore, sft_warm_start
 
     t0 = time.time()
+    recipe = settle(recipe)
     run_dir = recipe.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
