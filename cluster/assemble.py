@@ -46,7 +46,7 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: P
     from deploy.offline_models import resolve_model
 
     c = recipe.cluster
-    groups = create_placement_groups(_plan(recipe), timeout_s=c.placement_timeout_s, run_name=f"duet-{recipe.name}",
+    groups = create_placement_groups(_plan(recipe), timeout_s=c.placement_timeout_s or None, run_name=f"duet-{recipe.name}",
                                      autoscaling=c.autoscaling, say=log.event)
     nodes = bundle_nodes(groups)
     try:

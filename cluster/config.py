@@ -40,6 +40,10 @@ class RoleRuntime(_Config):
     """The vLLM engine serving this role's model on every rollout worker."""
     learner: LearnerConfig | None = LearnerConfig()
     """The learner group training this role's adapter; None keeps the role frozen (base model)."""
+    proof_tolerance: float | None = Field(None, gt=0)
+    """Largest |log-prob| gap between a rollout worker's and the learner's probe scores that proves
+    a sync of this role's adapter; None: by dtype (``cluster.weight_sync.PROOF_TOLERANCE``: 1e-4 when
+    engine and learner are fp32, 0.15 when either is bf16)."""
 
 
 class RewardTerm(_Config):
@@ -142,9 +146,9 @@ class ClusterConfig(_Config):
     """Placement of rollout workers over nodes."""
     num_cpus: int | None = None
     """Local mode only: logical CPUs Ray may hand out (None: the machine's count)."""
-    placement_timeout_s: float | None = Field(60.0, gt=0)
+    placement_timeout_s: float = Field(60.0, ge=0)
     """Seconds to wait for the run's placement groups (its actors' resources) before giving up with
-    what was pending; None waits without limit. Raise it on a cluster that must scale up first."""
+    what was pending; 0 waits without limit. Raise it on a cluster that must scale up first."""
     autoscaling: bool = False
     """The cluster adds nodes on demand (Ray's cluster launcher, KubeRay's autoscaler): skip the
     capacity check against the nodes alive at start and wait ``placement_timeout_s`` for the
@@ -215,6 +219,15 @@ class Recipe(_Config):
         if problems:
             raise ValueError("GPU settings disagree:\n    - " + "\n    - ".join(problems))
         return self
+
+    def proof_tolerance(self, role: str) -> float:
+        """The sync-proof bound of ``role``: its own setting, else by its engine's and learner's dtypes."""
+        from cluster.weight_sync import proof_tolerance
+
+        rt = self.roles[role]
+        if rt.proof_tolerance is not None:
+            return rt.proof_tolerance
+        return proof_tolerance(rt.engine.dtype, *([rt.learner.dtype] if rt.learner else []))
 
     @property
     def trainable_roles(self) -> tuple[str, ...]:

@@ -123,7 +123,8 @@ class Driver:
         learner = self.learners[role]
         payload = AdapterPayload.from_files(learner.adapter_files(version))
         expected = learner.probe_logprobs(ray.get(self.sync.get_probe.remote()))
-        report = ray.get(self.sync.publish.remote(payload, expected))
+        tolerance = self.recipe.proof_tolerance(role)
+        report = ray.get(self.sync.publish.remote(payload, expected, tolerance))
         self.log.sync(report)
         dead = [f.worker_id for f in report.failures if f.kind == "unreachable"]
         for wid in dead:
@@ -131,7 +132,7 @@ class Driver:
                            f"its restart and syncing it again")
             self.revive(wid)
         if dead:  # the same version again: workers that already serve it only re-prove it
-            report = ray.get(self.sync.publish.remote(payload, expected))
+            report = ray.get(self.sync.publish.remote(payload, expected, tolerance))
             self.log.sync(report)
         if not report.all_proven:
             raise RuntimeError(f"sync of {role} v{version} not proven on every worker: {report.failures}")

@@ -52,6 +52,7 @@ class RunLog:
         self._row(-1, f"sync/{report.role}", "latency_s", report.latency_s)
         self._row(-1, f"sync/{report.role}", "version", report.version)
         self._row(-1, f"sync/{report.role}", "proven_workers", len(report.proven))
+        self._row(-1, f"sync/{report.role}", "probe_gap", report.probe_gap)
 
     def step(self, step: int, batch: EpisodeBatch, stats: Sequence[Any], updates: Mapping[str, Mapping[str, float]],
              syncs: Mapping[str, Any], versions: Mapping[str, int], timings: Mapping[str, float]) -> None:

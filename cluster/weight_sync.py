@@ -19,8 +19,11 @@ lists each node once). Each worker still writes the files to its node's disk, bu
 
 The proof is end to end: the learner scores a fixed probe (token ids) with the adapter it exported
 and passes the log-probs with the publish; every worker scores the same probe with the version it now
-serves (``Engine.score``). Agreement within ``tolerance`` means the worker serves exactly those
-weights (vLLM CPU vs torch numerics differ by ~1e-3 in bf16; pick the tolerance accordingly).
+serves (``Engine.score``). Agreement within the publish's tolerance means the worker serves exactly
+those weights. The tolerance follows the dtypes of the two sides (:func:`proof_tolerance`): vLLM and
+the learner agree to ~1e-5 in fp32 but only to a few hundredths in bf16 (a log-prob near -7 has a
+bf16 spacing of 1/32), so a bf16 run gets a looser bound; each report keeps the largest gap seen
+(``SyncReport.probe_gap``) so the margin is visible per sync.
 
 Reasoner and Observer (and "policy") are separate roles, each with its own version sequence; the
 service keeps the latest proven payload of each role so a new or restarted worker can be brought up
@@ -99,6 +102,10 @@ class SyncReport:
     all_proven: bool
     """Every targeted worker answered, serves ``version`` and agreed on the probe."""
     failures: tuple[SyncFailure, ...] = ()
+    probe_gap: float = 0.0
+    """Largest |log-prob| gap to the learner's probe scores among the workers that served ``version``."""
+    tolerance: float = 0.0
+    """The bound the gap was judged against."""
 
     @property
     def proven(self) -> tuple[str, ...]:
@@ -251,6 +258,31 @@ class _Latest:
     handle: object
     """Transport handle of the payload (the service keeps no other copy of the bytes)."""
     expected: tuple[float, ...]
+    tolerance: float
+
+
+PROOF_TOLERANCE = {"float32": 1e-4, "bfloat16": 0.15, "float16": 0.02}
+"""Largest |log-prob| gap that still proves a sync, by the less precise dtype of engine and learner.
+fp32: measured within 1e-5 (stack.md), 1e-4 leaves room. bf16 (8-bit mantissa): both sides round
+the logits and hidden states, each ~2^-8 relative; measured on CPU with the tiny models up to ~0.06
+(tests/test_e2e_bf16.py records the gap of every sync), so 0.15 keeps a margin. fp16 has 3 more
+mantissa bits. A GPU run whose gap exceeds these is reported, not silently accepted: set
+``roles.<role>.proof_tolerance`` after reading the measured ``sync/<role>/probe_gap``."""
+
+_DTYPE = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16", "auto": "bfloat16"}
+"""Engine (vLLM names) and learner (``fp32``/``bf16``) dtypes on one scale; "auto" follows the
+checkpoint, usually bf16 for released models, so it gets bf16's bound."""
+
+
+def proof_tolerance(*dtypes: str) -> float:
+    """The proof bound for a sync between sides of these dtypes: the loosest of their bounds."""
+    return max(PROOF_TOLERANCE[_DTYPE[d]] for d in dtypes)
+
+
+def probe_gap(answer: SyncAck, expected: Sequence[float]) -> float:
+    """Largest |log-prob difference| between a worker's probe scores and the learner's."""
+    return max((abs(a - b) for a, b in zip(answer.probe_logprobs, expected)), default=0.0)
 
 
 def judge(answer: SyncAck | SyncFailure, version: int, expected: Sequence[float],
@@ -265,7 +297,7 @@ def judge(answer: SyncAck | SyncFailure, version: int, expected: Sequence[float]
         return SyncFailure(wid, f"stale: serves v{answer.version}, expected v{version}", "stale")
     if len(answer.probe_logprobs) != len(expected):
         return SyncFailure(wid, f"probe length {len(answer.probe_logprobs)} != expected {len(expected)}", "probe")
-    diff = max(abs(a - b) for a, b in zip(answer.probe_logprobs, expected))
+    diff = probe_gap(answer, expected)
     if diff > tolerance:
         return SyncFailure(wid, f"probe mismatch: max |logprob diff| {diff:.3g} > tolerance {tolerance:.3g}",
                            "probe")
@@ -305,11 +337,14 @@ class WeightSyncService(Generic[W]):
         """The probe the learner must score to compute ``expected_logprobs``."""
         return self.probe
 
-    def publish(self, payload: AdapterPayload, expected_logprobs: Sequence[float]) -> SyncReport:
+    def publish(self, payload: AdapterPayload, expected_logprobs: Sequence[float],
+                tolerance: float | None = None) -> SyncReport:
         """Sync every registered worker to ``payload``; it becomes the role's latest version once at
-        least one worker proved it (a payload every worker refused is not kept for catch-up)."""
+        least one worker proved it (a payload every worker refused is not kept for catch-up).
+        ``tolerance`` bounds the probe gap for this role (None: the service's default)."""
         t0 = self.clock()
-        latest = _Latest(payload.role, payload.version, self.transport.put(payload), tuple(expected_logprobs))
+        latest = _Latest(payload.role, payload.version, self.transport.put(payload), tuple(expected_logprobs),
+                         self.tolerance if tolerance is None else tolerance)
         report = self._sync(latest, self._workers, t0)
         if report.proven:
             self._latest[payload.role] = latest
@@ -327,13 +362,14 @@ class WeightSyncService(Generic[W]):
         failures = []
         for wid in workers:
             answer = answers.get(wid, SyncFailure(wid, "no answer", "no_answer"))
-            failure = judge(answer, version, latest.expected, self.tolerance)
+            failure = judge(answer, version, latest.expected, latest.tolerance)
             self._record(wid, role, answer)
             failures += [failure] if failure else []
         latency = self.clock() - t0
         self.metrics.sync_latency(role, latency)
         acks = tuple(a for a in answers.values() if isinstance(a, SyncAck))
-        return SyncReport(role, version, acks, latency, not failures, tuple(failures))
+        gap = max((probe_gap(a, latest.expected) for a in acks if a.version == version and not a.error), default=0.0)
+        return SyncReport(role, version, acks, latency, not failures, tuple(failures), gap, latest.tolerance)
 
     def _record(self, worker_id: str, role: str, answer: SyncAck | SyncFailure) -> None:
         if isinstance(answer, SyncAck):

@@ -1,24 +1,26 @@
-"""``duet train`` as a Ray job: ``ray job submit`` against a real head node (dashboard included)
-started by this test, then the job's status and logs read back through the Jobs REST API.
+"""The README's cluster commands, run verbatim: the fenced block after the ``cluster-commands``
+marker in README.md is executed as it stands by ``bash -e`` in the repository root (activate the
+venv, generate a token, ``ray start --head``, two ``ray job submit`` of ``duet train``, the second
+with ``--resume``). Then the jobs' status and logs are read back through the Jobs API, the run's
+files are checked in its one directory, and the dashboard must refuse requests without the token.
 
-The head is its own cluster (not the session's ``ray_cluster``): ``ray start --head --block`` in a
-new process group, on free ports and a private temp dir (so it does not write the machine-wide
-``/tmp/ray/ray_current_cluster``), torn down by signalling that process and its group (never
-``ray stop``, which would stop every Ray instance of the user on the machine).
+Isolation without changing a command: the block runs with ``HOME`` (so ``~/.ray/auth_token`` is
+this test's own token), ``RAY_TMPDIR`` (the head's session files) and ``DUET_RUNS`` (the run
+directory the block exports) pointed into a private temp dir; ``TORCH_EXTENSIONS_DIR`` keeps the
+DeepSpeed op built by set-up. The head uses Ray's default ports, as the README does (6379, 8265):
+the test fails at once, saying so, when they are taken. Teardown signals only the processes of this
+head (those whose command line or environment names the private dir); never ``ray stop``.
 
-Auth: Ray 2.60 turns token authentication on for ``ray start`` when a token is available. The test
-keeps it on with a token of its own: a fresh random token in ``<temp dir>/auth_token`` (mode 0600),
-handed to the head, the ``ray job submit`` CLI and, through them, the job's driver and actors by
-``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN_PATH`` (the user's ``~/.ray/auth_token`` is neither read
-nor written). HTTP clients send ``Authorization: Bearer <token>``: the dashboard answers 401 without
-it (checked below). Only the subprocesses get these variables, never this pytest process.
-
-Hand-worked expectation: 2 steps x 4 tasks x group 2 = 16 episodes produced and trained.
+Hand-worked expectations (recipe ``smoke``: 4 tasks x group 2 = 8 episodes per step):
+  job 1: steps 1-2, 16 episodes produced and trained, adapter v1 (untrained) + v2 + v3, a
+         checkpoint at step 2;
+  job 2: resumes at step 2, publishes the checkpoint's adapter as v4, steps 3-4 (v5, v6),
+         16 + 16 = 32 episodes in the counters.
 """
 
 import json
 import os
-import secrets
+import re
 import shutil
 import signal
 import socket
@@ -27,41 +29,32 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import pyarrow.parquet as pq
 import pytest
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = ROOT / ".venv" / "bin"
-STEPS, TASKS, GROUP, EVAL = 2, 4, 2, 4
-EXCLUDES = [".venv", ".cache", "runs", ".git", "*.egg-info", "__pycache__"]
+MARKER = "<!-- cluster-commands"
+DASHBOARD = "http://127.0.0.1:8265"
+PORTS = (6379, 8265)
 
 
-@dataclass(frozen=True)
-class Head:
-    dashboard: str
-    """http://127.0.0.1:PORT (Jobs API)."""
-    token: str
-    env: dict
-    """Environment for Ray CLI subprocesses talking to this head (token auth on)."""
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+def readme_block() -> str:
+    """The bash block after the ``cluster-commands`` marker in README.md, as written."""
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index(MARKER):]
+    match = re.search(r"```bash\n(.*?)```", after, re.S)
+    assert match, "README: no ```bash block after the cluster-commands marker"
+    return match.group(1)
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports (all bound at once, then released)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def http_status(url: str, headers: dict[str, str]) -> int:
@@ -74,109 +67,119 @@ def http_status(url: str, headers: dict[str, str]) -> int:
         return 0
 
 
-def stop_head(proc: subprocess.Popen, temp_dir: str) -> None:
-    """Stop only what this test started. SIGTERM to ``ray start`` alone: it drains the node and
-    stops its processes (~4 s; signalling the whole group at once kills the GCS first and the drain
-    then waits 30 s for it). Then SIGKILL to whatever is left in the head's process group, and to
-    any process still naming its private temp dir."""
-    proc.send_signal(signal.SIGTERM)
+def names_dir(p: psutil.Process, private: str) -> bool:
     try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        if temp_dir in " ".join(p.info["cmdline"] or []):
+        return private in " ".join(p.cmdline()) or any(private in v for v in p.environ().values())
+    except psutil.Error:
+        return False
+
+
+def stop_head(private: str) -> None:
+    """SIGTERM, then SIGKILL, every process of this test's head (found by its private dir)."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        procs = [p for p in psutil.process_iter() if p.pid != os.getpid() and names_dir(p, private)]
+        for p in procs:
             try:
-                p.kill()
+                p.send_signal(sig)
             except psutil.Error:
                 pass
+        psutil.wait_procs(procs, timeout=wait)
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    temp_dir = tempfile.mkdtemp(prefix="duet-ray-", dir="/tmp")  # short: unix socket paths < 108 bytes
-    token_file = Path(temp_dir) / "auth_token"
-    token = secrets.token_hex(32)  # what `ray get-auth-token --generate` writes: 256 random bits
-    token_file.write_text(token)
-    token_file.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file), "RAY_USAGE_STATS_ENABLED": "0"}
-    gcs, dash, client, agent_http, agent_grpc, metrics, env_agent = free_ports(7)
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
-           "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
-           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-           f"--runtime-env-agent-port={env_agent}", "--object-store-memory=500000000", f"--temp-dir={temp_dir}"]
-    log = open(Path(temp_dir) / "head.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    head = Head(f"http://127.0.0.1:{dash}", token, env)
+def readme_run():
+    taken = [p for p in PORTS if port_taken(p)]
+    if taken:
+        pytest.fail(f"ports {taken} are in use: the README's commands start a head on Ray's default ports")
+    private = tempfile.mkdtemp(prefix="duet-job-", dir="/tmp")  # short: unix socket paths < 108 bytes
+    home, runs = Path(private) / "home", Path(private) / "runs"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env |= {"HOME": str(home), "RAY_TMPDIR": private, "DUET_RUNS": str(runs), "RAY_USAGE_STATS_ENABLED": "0",
+            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                   str(Path.home() / ".cache" / "torch_extensions"))}
     try:
-        deadline = time.monotonic() + 180
-        while http_status(f"{head.dashboard}/api/jobs/", head.headers) != 200:
-            assert proc.poll() is None, (Path(temp_dir) / "head.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "dashboard not up in 180 s"
-            time.sleep(1)
-        yield head
+        block = subprocess.run(["bash", "-e", "-c", readme_block()], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=1200)
+        token = (home / ".ray" / "auth_token").read_text().strip() if (home / ".ray" / "auth_token").is_file() else ""
+        statuses = {
+            "none": http_status(f"{DASHBOARD}/api/jobs/", {}),
+            "wrong": http_status(f"{DASHBOARD}/api/jobs/", {"Authorization": "Bearer wrong"}),
+            "token": http_status(f"{DASHBOARD}/api/jobs/", {"Authorization": f"Bearer {token}"}),
+        }
+        jobs = []
+        if token:
+            from ray.job_submission import JobSubmissionClient
+
+            client = JobSubmissionClient(DASHBOARD, headers={"Authorization": f"Bearer {token}"})
+            jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0)
+            jobs = [(j, client.get_job_logs(j.submission_id)) for j in jobs]
+        yield block, statuses, jobs, runs / "smoke"
     finally:
-        stop_head(proc, temp_dir)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_head(private)
+        shutil.rmtree(private, ignore_errors=True)
 
 
-def test_dashboard_refuses_requests_without_the_token(ray_head):
-    assert http_status(f"{ray_head.dashboard}/api/jobs/", {}) == 401
-    assert http_status(f"{ray_head.dashboard}/api/jobs/", {"Authorization": "Bearer wrong"}) in (401, 403)
-    assert http_status(f"{ray_head.dashboard}/api/jobs/", ray_head.headers) == 200
+def summary_of(logs: str) -> dict:
+    line = next(ln for ln in logs.splitlines() if ln.startswith("[duet] summary: "))
+    return json.loads(line[len("[duet] summary: "):])
 
 
-@pytest.fixture(scope="module")
-def finished_job(ray_head, models_dir, tmp_path_factory):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    run_dir = tmp_path_factory.mktemp("job") / "run"
-    runtime_env = {"excludes": EXCLUDES,
-                   "env_vars": {"DUET_MODELS": str(models_dir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
-    sets = [f"train.steps={STEPS}", f"data.tasks_per_step={TASKS}", f"rollout.group_size={GROUP}",
-            f"data.eval_size={EVAL}", "train.sft.steps=0", "name=job", f"output.dir={run_dir}",
-            "cluster.address=auto", "output.transcripts_per_step=1", "train.mode=sync"]
-    entrypoint = [str(VENV_BIN / "python"), "-m", "cluster.cli", "train", *(x for s in sets for x in ("--set", s))]
-    job_id = f"duet-e2e-{secrets.token_hex(4)}"
-    submit = subprocess.run(
-        [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head.dashboard, "--submission-id", job_id,
-         "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--", *entrypoint],
-        env=ray_head.env, capture_output=True, text=True, timeout=120)
-    assert submit.returncode == 0, submit.stdout + submit.stderr
-    client = JobSubmissionClient(ray_head.dashboard, headers=ray_head.headers)
-    deadline = time.monotonic() + 540
-    while (status := client.get_job_status(job_id)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        if time.monotonic() > deadline:
-            client.stop_job(job_id)
-            pytest.fail(f"job still {status} after 540 s:\n{client.get_job_logs(job_id)[-3000:]}")
-        time.sleep(2)
-    return client, job_id, status, client.get_job_logs(job_id), run_dir
+def test_the_readme_block_runs_both_jobs_to_success(readme_run):
+    block, _, jobs, run_dir = readme_run
+    assert block.returncode == 0, block.stdout[-4000:] + block.stderr[-4000:]
+    assert [j.status for j, _ in jobs] == ["SUCCEEDED", "SUCCEEDED"]
+    runs = f"'output.dir={run_dir.parent}/{{name}}'"  # $DUET_RUNS/{name}, as the Jobs API quotes it
+    assert [j.entrypoint for j, _ in jobs] == [f"duet train smoke --set {runs}",
+                                               f"duet train smoke --set {runs} --set train.steps=4 --resume"]
+    for job, _ in jobs:
+        assert job.runtime_env["working_dir"].startswith("gcs://")  # the code was uploaded
 
 
-def test_job_succeeds_and_its_logs_show_evaluation_and_summary(finished_job):
-    from ray.job_submission import JobStatus
+def test_dashboard_refuses_requests_without_the_token(readme_run):
+    _, statuses, _, _ = readme_run
+    assert statuses["none"] == 401 and statuses["wrong"] in (401, 403) and statuses["token"] == 200
 
-    client, job_id, status, logs, run_dir = finished_job
-    assert status == JobStatus.SUCCEEDED, logs[-4000:]
-    info = client.get_job_info(job_id)
-    assert info.runtime_env["working_dir"].startswith("gcs://")  # the repo was uploaded, venv excluded
+
+def test_first_job_trains_two_steps_and_checkpoints(readme_run):
+    _, _, jobs, run_dir = readme_run
+    (_, logs), _ = jobs
     lines = logs.splitlines()
+    assert [ln.split("|")[0].split() for ln in lines if ln.startswith("step ")] == [["step", "1"], ["step", "2"]]
     for label in ("before_rl", "after_rl"):
         evals = [ln for ln in lines if ln.startswith(f"[eval] {label}")]
-        assert len(evals) == 1 and evals[0].endswith(f"({EVAL} held-out episodes)"), evals
-    assert sum(ln.startswith("step ") for ln in lines) == STEPS
-    summary = json.loads(next(ln for ln in lines if ln.startswith("[duet] summary: "))[len("[duet] summary: "):])
-    assert summary["completed"] is True and summary["steps"] == STEPS
-    assert summary["counters"]["produced"] == summary["counters"]["trained"] == STEPS * TASKS * GROUP == 16
-    assert summary["eval"]["after_rl"]["episodes"] == EVAL
-    assert summary["versions"] == {"policy": 1 + STEPS}
-    # the job wrote the same summary into the run directory it was given
-    assert json.loads((run_dir / "summary.json").read_text())["counters"] == summary["counters"]
+        assert len(evals) == 1 and evals[0].endswith("(4 held-out episodes)"), evals
+    assert f"[duet] run directory {run_dir} is seen by every node of the run (1)" in lines
+    summary = summary_of(logs)
+    assert summary["completed"] is True and summary["steps"] == 2 and summary["run_dir"] == str(run_dir)
+    assert summary["counters"]["produced"] == summary["counters"]["trained"] == 2 * 4 * 2 == 16
+    assert summary["versions"] == {"policy": 3}
+
+
+def test_second_job_resumes_from_the_first_jobs_checkpoint(readme_run):
+    _, _, jobs, run_dir = readme_run
+    _, (_, logs) = jobs
+    lines = logs.splitlines()
+    assert f"[duet] resumed from {run_dir / 'checkpoints' / 'step_000002'} at step 2" in lines
+    assert [ln.split("|")[0].split() for ln in lines if ln.startswith("step ")] == [["step", "3"], ["step", "4"]]
+    summary = summary_of(logs)
+    assert summary["steps"] == 4 and summary["versions"] == {"policy": 6}
+    assert summary["counters"]["produced"] == summary["counters"]["trained"] == 32
+
+
+def test_every_file_of_the_run_is_in_its_one_directory(readme_run):
+    _, _, jobs, run_dir = readme_run
+    assert json.loads((run_dir / "summary.json").read_text()) == summary_of(jobs[1][1])
+    assert json.loads((run_dir / "recipe.json").read_text())["output"]["dir"] == str(run_dir)
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["LATEST", "step_000002", "step_000004"]
+    assert (ckpts / "LATEST").read_text().strip() == "step_000004"
+    metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    steps = [r["step"] for r in metrics if r["scope"] == "rollout" and r["name"] == "episodes"]
+    assert steps == [0, 1, 2, 3]  # both jobs' steps in one metrics file
+    versions = [r["value"] for r in metrics if r["scope"] == "sync/policy" and r["name"] == "version"]
+    assert versions == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    (node_dir,) = (run_dir / "adapters").iterdir()  # one node on this head
+    assert sorted(p.name.split("-")[0] for p in (node_dir / "policy").iterdir())[-1] == "v6"
+    transcripts = sorted(p.name for p in (run_dir / "transcripts").iterdir())
+    assert "step_00003.txt" in transcripts and "eval_after_rl.txt" in transcripts

@@ -333,3 +333,41 @@ def test_learner_export_round_trip(tmp_path):
     assert (ref.name, ref.version) == ("observer", 5)
     assert verify_adapter_dir(ref.path)["learner_step"] == 9
     assert (Path(ref.path) / ADAPTER_WEIGHTS).read_bytes() == files[ADAPTER_WEIGHTS]
+
+
+# ---------------------------------------------------------------- proof tolerance per dtype
+
+
+def test_proof_tolerance_is_the_loosest_of_the_two_sides():
+    from cluster.weight_sync import PROOF_TOLERANCE, proof_tolerance
+
+    assert proof_tolerance("float32", "fp32") == PROOF_TOLERANCE["float32"] == 1e-4
+    assert proof_tolerance("bfloat16", "fp32") == proof_tolerance("float32", "bf16") == 0.15
+    assert proof_tolerance("auto") == 0.15 and proof_tolerance("float16", "fp32") == 0.02
+
+
+def test_recipe_proof_tolerance_by_dtype_or_set_per_role():
+    from cluster.config import build_recipe
+
+    assert build_recipe({}).proof_tolerance("policy") == 1e-4
+    bf16 = build_recipe({"roles": {"policy": {"engine": {"dtype": "bfloat16"}, "learner": {"dtype": "bf16"}}}})
+    assert bf16.proof_tolerance("policy") == 0.15
+    own = build_recipe({"roles": {"policy": {"proof_tolerance": 0.03, "engine": {"dtype": "bfloat16"}}}})
+    assert own.proof_tolerance("policy") == 0.03
+
+
+def test_publish_tolerance_decides_and_the_report_keeps_the_gap(tmp_path):
+    hosts = [host(tmp_path, "w0"), host(tmp_path, "w1")]
+    svc = service(hosts)  # default tolerance 1e-6
+    off = [x + 0.04 for x in fake_logprobs(1)]  # what a bf16 learner might send: 0.04 off every token
+    strict = svc.publish(payload(version=1), off)
+    assert not strict.all_proven and {f.kind for f in strict.failures} == {"probe"}
+    assert strict.probe_gap == pytest.approx(0.04) and strict.tolerance == 1e-6
+    loose = svc.publish(payload(version=2, weights=b"v2"), [x + 0.04 for x in fake_logprobs(2)], tolerance=0.15)
+    assert loose.all_proven and loose.proven == ("w0", "w1")
+    assert loose.probe_gap == pytest.approx(0.04) and loose.tolerance == 0.15
+    # a worker restarted later is caught up against the same bound
+    fresh = host(tmp_path, "w2", node="node-b")
+    svc.register("w2", fresh)
+    (caught,) = svc.catch_up("w2")
+    assert caught.all_proven and caught.tolerance == 0.15
