@@ -110,6 +110,12 @@ class TPEngineHost:
         """vLLM's tensor-parallel world size, as it started."""
         return self.engine.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size
 
+    def greedy(self, prompt: tuple[int, ...]) -> tuple[int, ...]:
+        from rollout.engine.base import Request, Sampling
+
+        [[c]] = self.engine.generate([Request(prompt, (), None, Sampling(max_tokens=16, temperature=0.0))])
+        return c.output_ids
+
 
 def host_actor():
     """TPEngineHost as a one-CPU Ray actor class (this test module is pickled by value: workers
@@ -120,12 +126,6 @@ def host_actor():
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     return ray.remote(num_cpus=1)(TPEngineHost)
-
-    def greedy(self, prompt: tuple[int, ...]) -> tuple[int, ...]:
-        from rollout.engine.base import Request, Sampling
-
-        [[c]] = self.engine.generate([Request(prompt, (), None, Sampling(max_tokens=16, temperature=0.0))])
-        return c.output_ids
 
 
 @pytest.mark.integration
