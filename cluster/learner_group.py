@@ -2,12 +2,18 @@
 
 The plain :class:`learner.rank.LearnerRank` does the work; :class:`LearnerActor` is its Ray body
 and :class:`LearnerGroup` calls every rank with the same arguments (DeepSpeed collectives need all
-ranks) and returns rank 0's answer. Rendezvous: rank 0's actor reports its node IP and a free port
-there, then every rank joins the world at that address concurrently.
+ranks) and returns rank 0's answer: the other ranks answer None (every rank's answer is the same
+global result), so only rank 0's result -- the adapter's bytes above all -- travels to the caller.
+Rendezvous: rank 0's actor reports its node IP and a free port there, then every rank joins the
+world at that address concurrently.
+
+The actor is where Ray meets the learner: it reads its GPU ids (``ray.get_gpu_ids()``) and
+``CUDA_VISIBLE_DEVICES`` once and hands the rank its device and backend (:mod:`learner.device`).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.weight_sync import Probe
 from learner.config import LearnerConfig
+from learner.device import RankDevice, noset_visible_devices, rank_device
 from learner.sft import SFTExample
 from rollout.episode_arrow import EpisodeBatch
 from rollout.types import Episode, Turn
@@ -30,8 +37,19 @@ def probe_batch(probe: Probe, role: str) -> EpisodeBatch:
     return EpisodeBatch((Episode("probe", "probe", "probe", (turn,)),))
 
 
+def actor_device(backend: str, rank: int) -> RankDevice:
+    """This Ray actor's device: from its GPU ids and assigned GPU amount, its
+    ``CUDA_VISIBLE_DEVICES`` and Ray's ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` (read here,
+    at the edge)."""
+    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+    return rank_device(backend, rank, ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"),
+                       noset_visible_devices(os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES")),
+                       gpu_share=share)
+
+
 class LearnerActor:
-    """Ray body of one rank. Construction is cheap; :meth:`setup` joins the world and loads the model."""
+    """Ray body of one rank. Construction is cheap; :meth:`setup` joins the world and loads the model.
+    Every method answers None on ranks other than 0 (see the module doc)."""
 
     def __init__(self) -> None:
         self.rank = None
@@ -47,26 +65,39 @@ class LearnerActor:
               model_dir: str) -> float:
         from learner.rank import LearnerRank
 
-        self.rank = LearnerRank(config, rank, world_size, addr, port, model_dir)
+        self.rank = LearnerRank(config, rank, world_size, addr, port, model_dir, actor_device(config.backend, rank))
         return self.rank.init_seconds
 
-    def train_step(self, batch: EpisodeBatch) -> dict[str, float]:
-        return self.rank.train_step(batch)
+    def _rank0(self, value: Any) -> Any:
+        return value if self.rank.rank == 0 else None
 
-    def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float]:
-        return self.rank.sft_step(examples)
+    def train_step(self, batch: EpisodeBatch) -> dict[str, float] | None:
+        return self._rank0(self.rank.train_step(batch))
 
-    def adapter_files(self, version: int) -> dict[str, bytes]:
-        return self.rank.adapter_files(version)
+    def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float] | None:
+        return self._rank0(self.rank.sft_step(examples))
 
-    def probe_logprobs(self, probe: Probe) -> list[float]:
-        return self.rank.logprobs(probe_batch(probe, self.rank.config.role))[0]
+    def adapter_files(self, version: int) -> dict[str, bytes] | None:
+        return self.rank.adapter_files(version)  # None on ranks > 0 (they only join the gather)
 
-    def save_checkpoint(self, directory: str) -> str:
-        return self.rank.save_checkpoint(directory)
+    def probe_logprobs(self, probe: Probe) -> list[float] | None:
+        return self._rank0(self.rank.logprobs(probe_batch(probe, self.rank.config.role))[0])
+
+    def save_checkpoint(self, directory: str) -> str | None:
+        return self._rank0(self.rank.save_checkpoint(directory))
 
     def load_checkpoint(self, directory: str) -> None:
         self.rank.load_checkpoint(directory)
+
+
+def rank0_result(refs: Sequence[ray.ObjectRef]) -> Any:
+    """Rank 0's result of one collective call. Every rank is waited for; ranks > 0 answer None, so
+    nothing of theirs is moved (Ray inlines such small replies with the task's completion), and
+    getting them still raises a rank's error instead of hiding it."""
+    results = ray.get(list(refs))
+    if any(r is not None for r in results[1:]):
+        raise RuntimeError("learner ranks > 0 returned results; only rank 0's are expected")
+    return results[0]
 
 
 class LearnerGroup:
@@ -92,20 +123,21 @@ class LearnerGroup:
 
     def train_step(self, batch: EpisodeBatch) -> dict[str, float]:
         ref = ray.put(batch)  # one copy in the object store for all ranks
-        return ray.get([a.train_step.remote(ref) for a in self.actors])[0]
+        return rank0_result([a.train_step.remote(ref) for a in self.actors])
 
     def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float]:
         ref = ray.put(list(examples))
-        return ray.get([a.sft_step.remote(ref) for a in self.actors])[0]
+        return rank0_result([a.sft_step.remote(ref) for a in self.actors])
 
     def adapter_files(self, version: int) -> dict[str, bytes]:
-        return ray.get([a.adapter_files.remote(version) for a in self.actors])[0]
+        """Rank 0's adapter files (every rank joins the gather; only rank 0's bytes are fetched)."""
+        return rank0_result([a.adapter_files.remote(version) for a in self.actors])
 
     def probe_logprobs(self, probe: Probe) -> list[float]:
-        return ray.get([a.probe_logprobs.remote(probe) for a in self.actors])[0]
+        return rank0_result([a.probe_logprobs.remote(probe) for a in self.actors])
 
     def save_checkpoint(self, directory: str | Path) -> str:
-        return ray.get([a.save_checkpoint.remote(str(directory)) for a in self.actors])[0]
+        return rank0_result([a.save_checkpoint.remote(str(directory)) for a in self.actors])
 
     def load_checkpoint(self, directory: str | Path) -> None:
         ray.get([a.load_checkpoint.remote(str(directory)) for a in self.actors])

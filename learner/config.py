@@ -11,11 +11,12 @@ The tree: :class:`LearnerConfig` holds :class:`LoraConfig`, :class:`OptimConfig`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from learner.algos import ADVANTAGE_ESTIMATORS, AGG_MODES
+from learner.ds_config import owned_conflicts
 
 LM_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """Seed 003's LoRA targets: attention and MLP projections of the language model."""
@@ -214,8 +215,10 @@ class LearnerConfig(_Config):
     """DeepSpeed ZeRO stage: 2 shards gradients and optimizer state, 3 also the parameters."""
     dtype: Literal["fp32", "bf16"] = "fp32"
     """Model and activation precision (optimizer master weights stay fp32)."""
-    backend: Literal["gloo", "nccl"] = "gloo"
-    """torch.distributed backend: gloo on CPU, nccl on GPU clusters."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """torch.distributed backend of the learner's world: "auto" = nccl on a rank with a GPU, gloo
+    on a CPU rank (resolved per rank where it is placed: ``learner.device``); "nccl" on a rank
+    without a GPU is an error at start."""
     micro_batch_size: int = Field(4, ge=1)
     """Samples per forward/backward on one rank; gradients accumulate over the micro batches of a
     minibatch (the accumulation count follows from the minibatch size)."""
@@ -235,6 +238,21 @@ class LearnerConfig(_Config):
     """RL algorithm."""
     sft: SFTConfig = SFTConfig()
     """Supervised stage."""
+    deepspeed: dict[str, Any] = Field(default_factory=dict)
+    """Further DeepSpeed config entries, deep-merged into the learner's own (``learner.ds_config``),
+    e.g. ``{"zero_optimization": {"offload_optimizer": {"device": "cpu"}, "reduce_bucket_size": 5e8},
+    "communication_data_type": "fp32"}``. Keys the typed fields own are refused, naming the field
+    to set instead (``zero_optimization.stage``: ``zero_stage``; ``bf16.enabled``: ``dtype``;
+    ``gradient_clipping``: ``optim.grad_clip``; batch sizes, accumulation, ``optimizer`` and
+    ``scheduler``: ``micro_batch_size`` / ``optim``)."""
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _not_owned(cls, v: dict[str, Any]) -> dict[str, Any]:
+        conflicts = owned_conflicts(v)
+        if conflicts:
+            raise ValueError("; ".join(conflicts))
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> LearnerConfig:

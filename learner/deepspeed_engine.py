@@ -1,8 +1,12 @@
 """The only module that imports deepspeed: the data-parallel world and the ZeRO-wrapped model.
 
 * :func:`init_world` joins one torch.distributed world (gloo on CPU, NCCL on GPU) from explicit
-  rank / world size / rendezvous address -- Ray actors call it themselves (stack.md, "DeepSpeed on
-  CPU"); several learners in one process share the world.
+  rank / world size / rendezvous address / local rank (:mod:`learner.device`) -- Ray actors call
+  it themselves (stack.md, "DeepSpeed on CPU"); several learners in one process share the world.
+* :func:`zero3_init`: under ZeRO-3 the model is built partitioned: transformers' ``from_pretrained``
+  sees an ``HfDeepSpeedConfig`` and constructs the model inside ``deepspeed.zero.Init``, loading
+  each module's weights gathered and re-partitioned, so no rank ever holds the whole model (LoRA
+  matrices and the value head, built afterwards, are partitioned by ``deepspeed.initialize``).
 * :class:`ZeroEngine` wraps a :class:`~learner.model.PolicyModel` with ``deepspeed.initialize``:
   ZeRO stage 2 or 3, fp32 or bf16, a client torch optimizer and LR schedule, gradient clipping,
   and caller-owned gradient accumulation (``managed_gradient_accumulation: false``: each
@@ -19,6 +23,7 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import deepspeed
 import torch
@@ -26,46 +31,51 @@ import torch.distributed as dist
 from peft import get_peft_model_state_dict
 
 from learner.config import LearnerConfig
+from learner.ds_config import ds_config
 from learner.model import PolicyModel
 from learner.optim import make_optimizer, make_scheduler, param_groups
 
-__all__ = ["init_world", "ds_config", "ZeroEngine"]
+__all__ = ["init_world", "ds_config", "zero3_init", "ZeroEngine"]
 
 # DeepSpeed 0.19 still calls these torch.distributed names; torch 2.13 warns on every call.
 warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor).*", category=FutureWarning)
 
 
-def init_world(rank: int, world_size: int, master_addr: str, master_port: int, backend: str) -> None:
-    """Join (or check) the default process group of ``world_size`` ranks at ``master_addr:port``."""
+def init_world(rank: int, world_size: int, master_addr: str, master_port: int, backend: str,
+               local_rank: int) -> None:
+    """Join (or check) the default process group of ``world_size`` ranks at ``master_addr:port``;
+    ``local_rank`` is this rank's device index among the devices its process sees (DeepSpeed
+    calls ``set_device(LOCAL_RANK)``; see :mod:`learner.device`)."""
     if dist.is_initialized():
         if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
             raise RuntimeError(f"process already in a world as rank {dist.get_rank()}/{dist.get_world_size()}, "
                                f"asked for {rank}/{world_size}")
         return
-    # DeepSpeed reads these in places (e.g. LOCAL_RANK for the device); set them explicitly.
+    # DeepSpeed reads these from the environment (LOCAL_RANK for the device); set them explicitly.
     os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=os.environ.get("LOCAL_RANK", str(rank)))
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
                                init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world_size)
 
 
-def ds_config(config: LearnerConfig, world_size: int) -> dict:
-    """DeepSpeed config dict for ``config`` (batch-size fields are bookkeeping only here)."""
-    zero = {"stage": config.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
-    if config.zero_stage == 3:
-        zero["stage3_param_persistence_threshold"] = 0
-    return {
-        "train_micro_batch_size_per_gpu": config.micro_batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": config.micro_batch_size * world_size,
-        "managed_gradient_accumulation": False,
-        "gradient_clipping": config.optim.grad_clip or 0.0,
-        "zero_optimization": zero,
-        "bf16": {"enabled": config.dtype == "bf16"},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
+@contextlib.contextmanager
+def zero3_init(config: LearnerConfig, world_size: int) -> Iterator[None]:
+    """Inside this block (ZeRO-3 only; a no-op otherwise) ``from_pretrained`` builds models
+    partitioned over the world: an ``HfDeepSpeedConfig`` of :func:`ds_config` is alive, so
+    transformers wraps construction in ``deepspeed.zero.Init`` and loads weights per module
+    (``is_deepspeed_zero3_enabled``). transformers holds the config by weak reference only; this
+    block keeps it alive and unregisters it on exit (several learners may share a process)."""
+    if config.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    hf_config = HfDeepSpeedConfig(ds_config(config, world_size))
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del hf_config
 
 
 class ZeroEngine:

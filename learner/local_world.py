@@ -124,9 +124,14 @@ def _learner(ctx: RankContext, key: str):
 
 
 def _create(ctx: RankContext, key: str, config, model_dir: str) -> float:
+    import torch
+
+    from learner.device import local_process_device
     from learner.rank import LearnerRank
 
-    ctx.state[key] = LearnerRank(config, ctx.rank, ctx.world_size, ctx.master_addr, ctx.master_port, model_dir)
+    device = local_process_device(config.backend, ctx.rank, torch.cuda.device_count())
+    ctx.state[key] = LearnerRank(config, ctx.rank, ctx.world_size, ctx.master_addr, ctx.master_port, model_dir,
+                                 device)
     return ctx.state[key].init_seconds
 
 
@@ -142,7 +147,7 @@ def _logprobs(ctx: RankContext, key: str, batch, use_adapter: bool) -> list:
     return _learner(ctx, key).logprobs(batch, use_adapter)
 
 
-def _adapter_files(ctx: RankContext, key: str, version: int) -> dict:
+def _adapter_files(ctx: RankContext, key: str, version: int) -> dict | None:
     return _learner(ctx, key).adapter_files(version)
 
 
@@ -168,7 +173,8 @@ def _drop(ctx: RankContext, key: str) -> None:
 
 class LocalLearnerGroup:
     """One learner group (all ranks of a :class:`LocalWorld`) driven like a single object; results
-    are rank 0's (every rank returns the same global metrics). Several groups may share a world."""
+    are rank 0's (every rank returns the same global metrics; adapter bytes and exports come from
+    rank 0 only, the others answer None). Several groups may share a world."""
 
     def __init__(self, world: LocalWorld, key: str, config, model_dir: str) -> None:
         self.world, self.key = world, key

@@ -20,7 +20,6 @@ collective calls (ZeRO-3 gathers parameters per module call).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections import defaultdict
@@ -37,7 +36,8 @@ from learner import checkpoint
 from learner.algos import RunningMeanStd
 from learner.batch import RoleBatch, build_bootstrap_batch, build_role_batch
 from learner.config import LearnerConfig
-from learner.deepspeed_engine import ZeroEngine, init_world
+from learner.deepspeed_engine import ZeroEngine, init_world, zero3_init
+from learner.device import RankDevice
 from learner.experience import Experience, compute_experience
 from learner.export import ExportedAdapter, adapter_files, write_adapter
 from learner.inputs import ImageEncoder, ModelInputs, VisionSpec, make_inputs
@@ -71,19 +71,22 @@ class LearnerRank:
 
     API: :meth:`train_step` (RL update, returns metrics), :meth:`sft_step`, :meth:`logprobs`
     (score turns, e.g. the weight-sync probe), :meth:`adapter_files` (PEFT files + manifest as
-    bytes), :meth:`export_adapter` (atomic directory), :meth:`value_head_state`,
+    bytes, on rank 0), :meth:`export_adapter` (atomic directory), :meth:`value_head_state`,
     :meth:`save_checkpoint` / :meth:`load_checkpoint`; attributes ``step``, ``init_seconds``."""
 
     def __init__(self, config: LearnerConfig, rank: int, world_size: int, master_addr: str, master_port: int,
-                 model_dir: str | Path) -> None:
+                 model_dir: str | Path, device: RankDevice) -> None:
+        """``device``: this rank's local device index and resolved backend, decided where the rank
+        was placed (:mod:`learner.device`). Under ZeRO-3 the model is built partitioned."""
         t0 = time.perf_counter()
         self.config, self.rank, self.world_size = config, rank, world_size
         self.model_dir = str(model_dir)
-        init_world(rank, world_size, master_addr, master_port, config.backend)
+        init_world(rank, world_size, master_addr, master_port, device.backend, device.local_rank)
         torch.manual_seed(config.seed * 7919 + rank)  # dropout stream of this rank
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        model = build_policy_model(model_dir, config, temperature=config.algo.logit_temperature)
+        with zero3_init(config, world_size):
+            model = build_policy_model(model_dir, config, temperature=config.algo.logit_temperature)
         self.encoder = self._image_encoder(model)
         self.zero = ZeroEngine(model, config, world_size)
         self.step = 0
@@ -307,21 +310,23 @@ class LearnerRank:
 
     # ---- adapters and checkpoints --------------------------------------------------------------
 
-    def adapter_files(self, version: int) -> dict[str, bytes]:
-        """PEFT files + manifest of the current adapter as bytes (every rank must call; all get them)."""
+    def adapter_files(self, version: int) -> dict[str, bytes] | None:
+        """PEFT files + manifest of the current adapter as bytes on rank 0, None on the other ranks
+        (every rank must call: under ZeRO-3 all of them take part in the gather; only rank 0
+        serialises, so only one copy of the bytes ever leaves the group)."""
         state = self.zero.lora_state_dict()
+        if self.rank != 0:
+            return None
         peft_cfg = self.zero.module.peft_model.peft_config["default"]
         return adapter_files(state, peft_cfg, role=self.config.role, version=version,
                              base_model_id=self.base_model_id, step=self.step)
 
-    def export_adapter(self, out_dir: str | Path, version: int) -> ExportedAdapter:
-        """Write the adapter atomically to ``out_dir`` (rank 0 writes; every rank must call)."""
+    def export_adapter(self, out_dir: str | Path, version: int) -> ExportedAdapter | None:
+        """Write the adapter atomically to ``out_dir``; rank 0 writes and returns what it wrote, the
+        other ranks return None once it is written (every rank must call)."""
         files = self.adapter_files(version)
         result = write_adapter(files, out_dir) if self.rank == 0 else None
         self.zero.barrier()
-        if result is None:
-            m = json.loads(files["manifest.json"])
-            result = ExportedAdapter(str(out_dir), m["sha256"], version, self.config.role)
         return result
 
     def value_head_state(self) -> dict[str, torch.Tensor]:
