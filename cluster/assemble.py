@@ -1,6 +1,7 @@
 """Assemble a run's actors from a recipe, warm-start, checkpoint and restore.
 
-Order: placement groups (rollout bundles, then one group per trained role's learner ranks) ->
+Order: placement groups (rollout bundles, then one group per trained role's learner ranks) -> the
+run directory checked on every node that hosts a bundle ->
 learner groups (DeepSpeed worlds) -> rollout workers (vLLM engines) -> weight-sync service ->
 version 1 of every trained adapter published and proven on every worker (the untrained LoRA, equal
 to the base model) so that no rollout ever runs on an adapter the learner did not publish. A resumed
@@ -20,10 +21,12 @@ from cluster.actors import register_workers, rollout_worker_actor, start_sync_se
 from cluster.config import Recipe
 from cluster.driver import Driver
 from cluster.learner_group import LearnerGroup
-from cluster.placement import (RoleSpec, bundle_nodes, bundle_strategy, create_placement_groups, plan_resources,
-                               remove_placement_groups)
+from cluster.consistency import worker_engines
+from cluster.placement import (Plan, RoleSpec, bundle_nodes, bundle_strategy, create_placement_groups,
+                               plan_resources, remove_placement_groups)
 from cluster.storage import StorageError, check_shared
 from cluster.rollout_factory import RolloutWorkerFactory
+from cluster.tp_placement import rollout_groups, worker_actor_resources, worker_parallelism, worker_slot
 from cluster.weight_sync import Probe
 from cluster.sft_data import dialogue_sft_examples, sft_examples
 
@@ -31,12 +34,22 @@ PROBE = Probe(prompt_ids=(1, 20, 30, 40, 50, 60), target_ids=(70, 80, 90, 100))
 """Fixed sync probe: small token ids, valid in every built-in tokenizer (all have > 1000 tokens)."""
 
 
-def _plan(recipe: Recipe):
+def _rollout_layout(recipe: Recipe) -> tuple[int, str, str]:
+    """(shards per engine, vLLM executor, device) of every rollout worker (:mod:`cluster.tp_placement`)."""
+    engines = list(worker_engines(recipe).values())
+    tp, backend = worker_parallelism(engines)
+    return tp, backend, "cuda" if any(e.device == "cuda" for e in engines) else "cpu"
+
+
+def _plan(recipe: Recipe) -> Plan:
+    """Rollout groups (one shared group, or one per worker when its engines shard over Ray actors),
+    then one group per trained role's learner ranks."""
     c = recipe.cluster
-    rollout = RoleSpec("rollout", c.rollout_workers, c.rollout_cpus, c.rollout_gpus, c.strategy)
+    tp, backend, device = _rollout_layout(recipe)
+    rollout = rollout_groups(c.rollout_workers, tp, c.rollout_cpus, c.rollout_gpus, device, c.strategy, backend)
     learners = {r: RoleSpec(f"learner/{r}", c.learner_ranks, c.learner_cpus, c.learner_gpus, "PACK")
                 for r in recipe.trainable_roles}
-    return plan_resources(rollout, learners)
+    return Plan(rollout + plan_resources(RoleSpec("rollout", 0, c.rollout_cpus), learners).groups)
 
 
 def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: Path,
@@ -64,10 +77,12 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: P
         log.event(f"learner {role}: {c.learner_ranks} rank(s), ZeRO-{rt.learner.zero_stage}, "
                   f"{rt.model}, up in {learners[role].init_seconds:.1f}s")
     factory = RolloutWorkerFactory(recipe.model_dump_json(), str(models_dir))
-    actor = rollout_worker_actor(num_cpus=c.rollout_cpus, num_gpus=c.rollout_gpus)
+    tp, backend, _ = _rollout_layout(recipe)
+    actor = rollout_worker_actor(**worker_actor_resources(tp, c.rollout_cpus, c.rollout_gpus, backend))
     root = str(recipe.run_dir() / "adapters" / "{node}")
-    workers = {f"rollout-{i}": actor.options(scheduling_strategy=bundle_strategy(groups["rollout"], i))
-               .remote(factory, f"rollout-{i}", root) for i in range(c.rollout_workers)}
+    slots = [worker_slot(i, tp, backend) for i in range(c.rollout_workers)]
+    workers = {f"rollout-{i}": actor.options(scheduling_strategy=bundle_strategy(groups[group], bundle))
+               .remote(factory, f"rollout-{i}", root) for i, (group, bundle) in enumerate(slots)}
     wait_alive(list(workers.values()), timeout_s=600)
     log.event(f"{len(workers)} rollout worker(s) up")
     sync = start_sync_service(PROBE, tolerance=1e-4)

@@ -200,3 +200,19 @@ def test_planning_and_checks_import_no_heavy_framework() -> None:
             "print(sorted(m for m in ('ray', 'vllm', 'deepspeed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.ray
+def test_the_runs_plan_gives_each_tp_worker_its_own_group_of_one_gpu_bundles():
+    """What the assembly asks Ray for with TP = 2 on CUDA (not schedulable here: no GPU)."""
+    from cluster.assemble import _plan
+    from cluster.config import build_recipe
+
+    recipe = build_recipe({
+        "roles": {"policy": {"engine": {"device": "cuda", "tensor_parallel_size": 2, "dtype": "bfloat16"},
+                             "learner": {"backend": "nccl"}}},
+        "cluster": {"rollout_workers": 2, "rollout_cpus": 4, "rollout_gpus": 2, "learner_gpus": 1}})
+    groups = {g.name: (g.bundles, g.strategy) for g in _plan(recipe).groups}
+    tp_bundles = ({"CPU": 4.0, "GPU": 1.0}, {"GPU": 1.0})
+    assert groups == {"rollout/0": (tp_bundles, "STRICT_PACK"), "rollout/1": (tp_bundles, "STRICT_PACK"),
+                      "learner/policy": (({"CPU": 1.0, "GPU": 1.0},), "PACK")}
