@@ -24,7 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.weight_sync import Probe
 from learner.config import LearnerConfig
-from learner.device import RankDevice, noset_visible_devices, rank_device
+from learner.device import RankDevice, gpus_shared, noset_visible_devices, rank_device
 from learner.sft import SFTExample
 from rollout.episode_arrow import EpisodeBatch
 from rollout.types import Episode, Turn
@@ -37,14 +37,12 @@ def probe_batch(probe: Probe, role: str) -> EpisodeBatch:
     return EpisodeBatch((Episode("probe", "probe", "probe", (turn,)),))
 
 
-def actor_device(backend: str, rank: int) -> RankDevice:
-    """This Ray actor's device: from its GPU ids and assigned GPU amount, its
-    ``CUDA_VISIBLE_DEVICES`` and Ray's ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` (read here,
-    at the edge)."""
-    share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+def actor_device(backend: str, rank: int, shares_gpu: bool) -> RankDevice:
+    """This Ray actor's device: from its GPU ids, its ``CUDA_VISIBLE_DEVICES`` and Ray's
+    ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` (read here, at the edge)."""
     return rank_device(backend, rank, ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"),
                        noset_visible_devices(os.environ.get("RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES")),
-                       gpu_share=share)
+                       shares_gpu=shares_gpu)
 
 
 class LearnerActor:
@@ -61,11 +59,16 @@ class LearnerActor:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
+    def gpu_placement(self) -> tuple[str, list[str]]:
+        """(node id, GPU ids) of this actor: the group checks whether two ranks share a GPU."""
+        return ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
+
     def setup(self, config: LearnerConfig, rank: int, world_size: int, addr: str, port: int,
-              model_dir: str) -> float:
+              model_dir: str, shares_gpu: bool = False) -> float:
         from learner.rank import LearnerRank
 
-        self.rank = LearnerRank(config, rank, world_size, addr, port, model_dir, actor_device(config.backend, rank))
+        device = actor_device(config.backend, rank, shares_gpu)
+        self.rank = LearnerRank(config, rank, world_size, addr, port, model_dir, device)
         return self.rank.init_seconds
 
     def _rank0(self, value: Any) -> Any:
@@ -111,8 +114,9 @@ class LearnerGroup:
         self.actors = [cls.options(**self._placement(placement_group, first_bundle + i)).remote()
                        for i in range(ranks)]
         addr, port = ray.get(self.actors[0].address.remote())
+        shared = gpus_shared(ray.get([a.gpu_placement.remote() for a in self.actors]))
         self.init_seconds = max(ray.get([
-            a.setup.remote(config, i, ranks, addr, port, str(model_dir)) for i, a in enumerate(self.actors)
+            a.setup.remote(config, i, ranks, addr, port, str(model_dir), shared) for i, a in enumerate(self.actors)
         ]))
 
     @staticmethod

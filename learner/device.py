@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-__all__ = ["RankDevice", "local_rank", "resolve_backend", "rank_device", "local_process_device",
+__all__ = ["RankDevice", "local_rank", "resolve_backend", "rank_device", "gpus_shared", "local_process_device",
            "noset_visible_devices"]
 
 BACKENDS = ("auto", "gloo", "nccl")
@@ -83,11 +83,25 @@ def resolve_backend(choice: str, has_gpu: bool, shares_gpu: bool = False) -> str
 
 
 def rank_device(backend: str, rank: int, gpu_ids: Sequence[int | str], cuda_visible_devices: str | None,
-                noset_env: bool, gpu_share: float = 1.0) -> RankDevice:
-    """:func:`local_rank` and :func:`resolve_backend` together: a rank has a GPU iff ``gpu_ids``,
-    and may share it with another rank when its ``gpu_share`` (Ray's assigned GPU amount) is < 1."""
+                noset_env: bool, shares_gpu: bool = False) -> RankDevice:
+    """:func:`local_rank` and :func:`resolve_backend` together: a rank has a GPU iff ``gpu_ids``;
+    ``shares_gpu``: some GPU of the group is held by two of its ranks (:func:`gpus_shared`)."""
     return RankDevice(local_rank(rank, gpu_ids, cuda_visible_devices, noset_env),
-                      resolve_backend(backend, bool(gpu_ids), shares_gpu=bool(gpu_ids) and gpu_share < 1.0))
+                      resolve_backend(backend, bool(gpu_ids), shares_gpu=bool(gpu_ids) and shares_gpu))
+
+
+def gpus_shared(placements: Sequence[tuple[str, Sequence[int | str]]]) -> bool:
+    """True when two ranks of one group hold the same GPU: ``placements`` is (node id, GPU ids) per
+    rank (fractional GPUs packed onto one device). Every rank must then use the same non-NCCL
+    backend, so the group decides this once, before any rank joins the world."""
+    seen: set[tuple[str, str]] = set()
+    for node, ids in placements:
+        for g in ids:
+            key = (node, str(g))
+            if key in seen:
+                return True
+            seen.add(key)
+    return False
 
 
 def local_process_device(backend: str, rank: int, cuda_device_count: int) -> RankDevice:

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from learner.config import LearnerConfig
-from learner.device import RankDevice, local_process_device, local_rank, noset_visible_devices, rank_device, resolve_backend
+from learner.device import RankDevice, gpus_shared, local_process_device, local_rank, noset_visible_devices, \
+    rank_device, resolve_backend
 
 pytestmark = pytest.mark.unit
 
@@ -32,12 +33,22 @@ def test_noset_visible_devices_uses_the_gpu_id_position():
 
 
 def test_two_ranks_sharing_one_gpu_both_use_device_0_over_gloo():
-    # num_gpus=0.5 each: both actors get gpu id 0 and CUDA_VISIBLE_DEVICES="0". NCCL refuses two
-    # ranks on one device ("Duplicate GPU detected"), so "auto" picks gloo and "nccl" is refused.
-    assert [rank_device("auto", r, [0], "0", False, gpu_share=0.5) for r in (0, 1)] == [RankDevice(0, "gloo")] * 2
+    # num_gpus=0.5 each, packed on one device: both actors get gpu id 0 and CUDA_VISIBLE_DEVICES="0".
+    # NCCL refuses two ranks on one device ("Duplicate GPU detected"): "auto" picks gloo, "nccl" is refused.
+    shared = gpus_shared([("node-a", ["0"]), ("node-a", ["0"])])
+    assert shared is True
+    assert [rank_device("auto", r, [0], "0", False, shares_gpu=shared) for r in (0, 1)] == [RankDevice(0, "gloo")] * 2
     with pytest.raises(ValueError, match="NCCL refuses two ranks on one device"):
-        rank_device("nccl", 1, [0], "0", False, gpu_share=0.5)
-    assert rank_device("auto", 1, [0, 1], "0,1", False, gpu_share=2.0) == RankDevice(0, "nccl")  # two whole GPUs
+        rank_device("nccl", 1, [0], "0", False, shares_gpu=shared)
+
+
+def test_fractional_gpus_on_distinct_devices_are_not_shared():
+    # same GPU id on two nodes, or two GPUs of one node, or one rank alone at 0.5 GPU: nccl is fine
+    assert gpus_shared([("node-a", ["0"]), ("node-b", ["0"])]) is False
+    assert gpus_shared([("node-a", ["0"]), ("node-a", ["1"])]) is False
+    assert gpus_shared([("node-a", ["0"])]) is False
+    assert gpus_shared([("node-a", []), ("node-a", [])]) is False  # CPU ranks
+    assert rank_device("auto", 1, [1], "1", False, shares_gpu=False) == RankDevice(0, "nccl")
 
 
 def test_cpu_rank_keeps_its_global_rank_and_gloo():
