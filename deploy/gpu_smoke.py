@@ -16,7 +16,8 @@ Stages (GPU settings; ``--cpu``: device cpu, float32, fp32 learner over gloo, no
    by vLLM (``Engine.score``) and by the learner (``LearnerActor.probe_logprobs``' batch); prints
    max |logprob difference| with the adapter and with the base model.
 4. Two learner ranks on one GPU: ``cluster.learner_group.LearnerGroup`` with 2 ranks x 0.5 GPU as
-   Ray actors, one train step, the adapter gathered from rank 0.
+   Ray actors, backend "auto" (gloo for ranks sharing a GPU: NCCL refuses them), bf16, one train
+   step, the adapter gathered from rank 0.
 5. Two engines on one GPU in one process (what a rollout worker of the IMMO recipe holds: a text LM
    and a VLM), gpu_memory_utilization 0.3 each, both generating.
 6. One short run of the default recipe in bf16 through the real CLI (``duet train default --set ...``:
@@ -88,10 +89,10 @@ class Mode:
                     max_model_len=512, max_lora_rank=8, max_loras=1, enforce_eager=True, seed=0)
         return EngineConfig(**(base | kw))
 
-    def learner_config(self):
+    def learner_config(self, backend: str | None = None):
         from learner.config import AlgoConfig, LearnerConfig, LoraConfig, OptimConfig
 
-        return LearnerConfig(role="policy", dtype=self.learner_dtype, backend=self.backend, micro_batch_size=4,
+        return LearnerConfig(role="policy", dtype=self.learner_dtype, backend=backend or self.backend, micro_batch_size=4,
                              lora=LoraConfig(r=8, alpha=16), optim=OptimConfig(lr=2e-2),
                              algo=AlgoConfig(advantage_estimator="grpo"))
 
@@ -222,7 +223,11 @@ def stage4(mode: Mode, work: Path) -> str:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, configure_logging=False)
     try:
         t0 = time.perf_counter()
-        group = LearnerGroup("policy", mode.learner_config(), model_dir(VLM), ranks=2, num_cpus=1, num_gpus=gpus)
+        # backend "auto": nccl on a rank's own GPU, gloo when ranks share one -- NCCL refuses two ranks
+        # of one world on a device ("Duplicate GPU detected"), and learner.device refuses an explicit
+        # nccl there. SMOKE_LEARNER_BACKEND=nccl shows that refusal.
+        backend = os.environ.get("SMOKE_LEARNER_BACKEND", "auto")
+        group = LearnerGroup("policy", mode.learner_config(backend), model_dir(VLM), ranks=2, num_cpus=1, num_gpus=gpus)
         init_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics = group.train_step(random_batch(0))
@@ -233,7 +238,7 @@ def stage4(mode: Mode, work: Path) -> str:
         ray.shutdown()
     if "adapter_model.safetensors" not in files or not math.isfinite(metrics.get("loss/total", float("nan"))):
         raise RuntimeError(f"bad step: files {sorted(files)}, metrics {metrics}")
-    return (f"2 learner ranks x {gpus:g} GPU ({mode.backend}, {mode.learner_dtype}) up in {init_s:.1f}s, "
+    return (f"2 learner ranks x {gpus:g} GPU (backend {backend}, {mode.learner_dtype}) up in {init_s:.1f}s, "
             f"one step in {step_s:.2f}s: loss {metrics['loss/total']:.4f}, grad norm "
             f"{metrics.get('optim/grad_norm', float('nan')):.3e}, {metrics.get('batch/samples', 0):.0f} samples, "
             f"adapter {len(files['adapter_model.safetensors'])} bytes from rank 0")

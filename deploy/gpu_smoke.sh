@@ -12,14 +12,16 @@
 #   bash deploy/gpu_smoke.sh                  all six stages on the GPU
 #   bash deploy/gpu_smoke.sh 2 3              some stages
 #   bash deploy/gpu_smoke.sh --cpu-dry-run    stages 2 and 3 on CPU (float32, gloo): checks the
-#                                             script's plumbing here (tests/test_gpu_smoke.py)
+#                                             script's plumbing here (tests/test_gpu_smoke.py);
+#                                             `--cpu-dry-run 4 5 6` runs those on CPU too
 #
 # ASSUMES THE REPOSITORY IS SET UP and downloads nothing (the device machine has no network): run
 # `DUET_ENGINE=gpu bash deploy/setup.sh` (or use the Dockerfile's image) beforehand; the models are
 # the offline ones in $DUET_MODELS (default .cache/models). Python: $DUET_PY, else .venv/bin/python,
 # else `python` on PATH (the image). Scratch files go to a temporary directory, removed at the end
-# (SMOKE_KEEP=1 keeps it). Expected on a GPU: stage 4 may FAIL with NCCL's "Duplicate GPU detected"
-# -- NCCL refuses two ranks of one world on the same GPU; that is the figure the stage is for.
+# (SMOKE_KEEP=1 keeps it). Stage 4 uses the learner's backend "auto" (gloo for ranks sharing a GPU:
+# NCCL refuses two ranks of one world on one device, "Duplicate GPU detected");
+# SMOKE_LEARNER_BACKEND=nccl shows the project refusing that at start instead.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
