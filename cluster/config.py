@@ -220,6 +220,21 @@ class Recipe(_Config):
             raise ValueError("GPU settings disagree:\n    - " + "\n    - ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _plugin_arguments_known(self) -> Recipe:
+        """Task source and reward names and their keyword arguments (:mod:`cluster.plugin_args`):
+        a misspelt argument fails here, each error at its dotted field, not inside an actor."""
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        from cluster.plugin_args import plugin_problems
+
+        problems = plugin_problems(self)
+        if problems:
+            details = [InitErrorDetails(type=PydanticCustomError("plugin_argument", "{problem}", {"problem": msg}),
+                                        loc=loc, input=None) for loc, msg in problems]
+            raise ValidationError.from_exception_data("Recipe", details)
+        return self
+
     def proof_tolerance(self, role: str) -> float:
         """The sync-proof bound of ``role``: its own setting, else by its engine's and learner's dtypes."""
         from cluster.weight_sync import proof_tolerance

@@ -113,19 +113,23 @@ def _load_dotted(path: str) -> RewardFactory:
     return obj
 
 
+def reward_factory(name: str) -> RewardFactory:
+    """The factory a spec's ``name`` refers to: a registered reward, or ``"pkg.mod:Factory"``
+    imported now; an unknown name or a path that does not import raises ValueError."""
+    if ":" in name:
+        return _load_dotted(name)
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown reward {name!r}; known rewards: {', '.join(registered_rewards())} "
+            "(or give a dotted path 'package.module:ClassOrFactory')"
+        )
+    return _REGISTRY[name]
+
+
 def build_reward(spec: RewardSpec | Mapping[str, Any] | str) -> Reward:
     """Instantiate the reward a spec names (registered name or ``"pkg.mod:Factory"`` path)."""
     spec = as_spec(spec)
-    if ":" in spec.name:
-        factory = _load_dotted(spec.name)
-    elif spec.name in _REGISTRY:
-        factory = _REGISTRY[spec.name]
-    else:
-        raise ValueError(
-            f"unknown reward {spec.name!r}; known rewards: {', '.join(registered_rewards())} "
-            "(or give a dotted path 'package.module:ClassOrFactory')"
-        )
-    reward = factory(**spec.kwargs)
+    reward = reward_factory(spec.name)(**spec.kwargs)
     if not isinstance(reward, Reward) or not isinstance(getattr(reward, "name", None), str):
         raise ValueError(f"reward spec {spec.name!r}: built {reward!r}, which has no str `name` / __call__")
     return reward
