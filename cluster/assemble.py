@@ -129,8 +129,7 @@ def _sft_role(driver: Driver, role: str, examples: list, sft) -> None:
         k = (step * sft.batch_size) % len(examples)
         batch = (examples + examples)[k: k + sft.batch_size]
         m = group.sft_step(batch)
-        if step % 10 == 0 or step + 1 == sft.steps:
-            driver.log.say(f"[sft] {role} step {step + 1:>4}/{sft.steps} loss {m['sft/loss']:.4f}")
+        driver.log.sft_step(role, step, sft.steps, m["sft/loss"])
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

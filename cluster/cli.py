@@ -52,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.run import run_training, settle
     from cluster.storage import StorageError
 
+    from cluster.loggers import MissingExtra, require_installed
+
     try:
         recipe = settle(recipe)
-    except StorageError as err:  # before Ray starts: a bad input, like a bad recipe field
+        require_installed(recipe.output.loggers)  # a tracker's extra missing: one line, before Ray
+    except (StorageError, MissingExtra) as err:  # before Ray starts: a bad input, like a bad recipe field
         print(f"duet: {err}", file=sys.stderr)
         return 2
     try:

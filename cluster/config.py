@@ -166,6 +166,21 @@ class OutputConfig(_Config):
     """Readable transcripts saved per step."""
     progress: bool = True
     """One line per step on stdout (local runs)."""
+    loggers: tuple[str, ...] = ("console",)
+    """Where the run's figures go besides metrics.parquet (``cluster.loggers``), like verl's
+    ``trainer.logger``: "console" (the lines on stdout, with a progress bar and ETA on a terminal;
+    ``progress = false`` silences them too), "tensorboard" (event files in RUN_DIR/tensorboard),
+    "wandb" (an offline W&B run in RUN_DIR/wandb), "mlflow" (a file store in RUN_DIR/mlruns). Each
+    tracker needs its extra (``pip install duet-rl[wandb]``), checked before Ray starts."""
+
+    @model_validator(mode="after")
+    def _known_loggers(self) -> "OutputConfig":
+        from cluster.loggers import unknown_loggers
+
+        problems = unknown_loggers(self.loggers)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class Recipe(_Config):

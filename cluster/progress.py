@@ -15,16 +15,26 @@ import pyarrow.parquet as pq
 
 from cluster.schedule import summarize
 from cluster.metrics import DuetMetrics, RaySink, Recorder
+from cluster.console import Display
+from cluster.loggers import Trackers
 from rollout.episode_arrow import EpisodeBatch
 
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("scope", pa.string()), ("name", pa.string()),
                             ("value", pa.float64()), ("time_s", pa.float64())])
 
 
+def _recipe_of(run_dir: Path) -> tuple[str, dict[str, Any]]:
+    """(run name, resolved recipe) from the run's ``recipe.json`` (the trackers' run name and config)."""
+    path = run_dir / "recipe.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    return str(config.get("name", run_dir.name)), config
+
+
 class RunLog:
     """Collects a run's figures; ``print_lines`` is off when a progress display is not wanted."""
 
-    def __init__(self, run_dir: Path, transcripts_per_step: int, print_lines: bool = True) -> None:
+    def __init__(self, run_dir: Path, transcripts_per_step: int, print_lines: bool = True,
+                 loggers: Sequence[str] = ("console",)) -> None:
         self.run_dir = run_dir
         self.transcripts_dir = run_dir / "transcripts"
         self.transcripts_dir.mkdir(parents=True, exist_ok=True)
@@ -35,10 +45,12 @@ class RunLog:
         self.rows: list[dict[str, Any]] = []
         self.evals: dict[str, dict[str, float]] = {}
         self.t0 = time.time()
+        self.display = Display(print_lines and "console" in loggers)
+        self.trackers = Trackers(run_dir, loggers, *_recipe_of(run_dir))
+        self.total_steps = 0
 
     def say(self, text: str) -> None:
-        if self.print_lines:
-            print(text, flush=True)
+        self.display.line(text)
 
     def event(self, text: str) -> None:
         self.say(f"[duet] {text}")
@@ -47,6 +59,7 @@ class RunLog:
     def _row(self, step: int, scope: str, name: str, value: float) -> None:
         self.rows.append({"step": step, "scope": scope, "name": name, "value": float(value),
                           "time_s": time.time() - self.t0})
+        self.trackers.add(step, scope, name, value, time.time())
 
     def sync(self, report: Any) -> None:
         self._row(-1, f"sync/{report.role}", "latency_s", report.latency_s)
@@ -72,6 +85,7 @@ class RunLog:
         self._save_transcripts(f"step_{step:05d}", batch)
         self.flush()
         self.say(self._line(step, summary, updates, syncs, versions, timings))
+        self._advance(step, summary)
 
     def _line(self, step, summary, updates, syncs, versions, timings) -> str:
         parts = [f"step {step + 1:>4}", f"reward {summary['reward']:+.3f}", f"success {summary['success']:.2f}"]
@@ -98,8 +112,37 @@ class RunLog:
         texts = [e.metadata.get("transcript", "") for e in batch.episodes[: self.transcripts_per_step]]
         (self.transcripts_dir / f"{name}.txt").write_text("\n\n".join(t for t in texts if t) + "\n")
 
+    def begin_steps(self, start: int, total: int) -> None:
+        """RL steps ``start .. total-1`` are about to run: their bar (on a terminal) begins, and
+        later step -1 rows go to the trackers at step ``start`` until a step is done."""
+        self.total_steps = total
+        self.trackers.completed(start)
+        self.display.begin("RL steps", total, start)
+
+    def _advance(self, step: int, summary: Mapping[str, float]) -> None:
+        self.trackers.completed(step + 1)
+        self.display.advance(step + 1, f"reward {summary['reward']:+.3f} success {summary['success']:.2f}")
+        if step + 1 >= self.total_steps:
+            self.display.end()
+
+    def sft_step(self, role: str, step: int, total: int, loss: float) -> None:
+        """SFT step ``step`` (0-based) of ``total`` done: a line every 10 steps and the last, a bar on a terminal."""
+        if step == 0:
+            self.display.begin(f"SFT {role}", total)
+        self.display.advance(step + 1, f"loss {loss:.4f}")
+        if step % 10 == 0 or step + 1 == total:
+            self.say(f"[sft] {role} step {step + 1:>4}/{total} loss {loss:.4f}")
+        if step + 1 == total:
+            self.display.end()
+
+    def close(self, failed: bool = False) -> None:
+        """End the display and finish the trackers (``failed``: the run raised)."""
+        self.display.end()
+        self.trackers.close(failed)
+
     def flush(self) -> None:
         pq.write_table(pa.Table.from_pylist(self.rows, schema=METRICS_SCHEMA), self.run_dir / "metrics.parquet")
+        self.trackers.flush()
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

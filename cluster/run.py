@@ -119,7 +119,8 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
     earlier = earlier_rows(run_dir) if resume else []
-    log = RunLog(run_dir, recipe.output.transcripts_per_step, recipe.output.progress)
+    log = RunLog(run_dir, recipe.output.transcripts_per_step, recipe.output.progress,
+                 loggers=recipe.output.loggers)
     started = init_ray(recipe)
     try:
         train_items, eval_items = load_items(recipe, log)
@@ -129,12 +130,14 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
         try:
             start = restore(driver, run_dir) if resume else 0
             log.rows[:0] = [r for r in earlier if r["step"] < start]  # events (-1) and steps before it
+            log.trackers.completed(start)  # trackers: the resumed run's syncs and evaluations at step start
             if start == 0:
                 driver.evaluate(eval_items, "base", 0)
                 if recipe.train.sft.steps:
                     sft_warm_start(driver, train_items)
             before = driver.evaluate(eval_items, "before_rl", start)
             save = checkpoint_fn(driver, run_dir)
+            log.begin_steps(start, recipe.train.steps)
             driver.train(start, recipe.train.steps, save)
             if not saved_by_loop(recipe.train, start):
                 save(recipe.train.steps)
@@ -147,9 +150,13 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
                                  time.time() - t0, dict(driver.versions), served)
         finally:
             teardown()
+    except BaseException:
+        log.close(failed=True)  # trackers finished (marked failed), the progress bar stopped
+        raise
     finally:
         if started:
             ray.shutdown()
     log.write_summary(asdict(summary))
+    log.close()
     return summary
 

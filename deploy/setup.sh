@@ -19,6 +19,7 @@ PY=$VENV/bin/python
 MODELS=${DUET_MODELS:-$ROOT/.cache/models}
 PYTHON=${DUET_PYTHON:-python3.11}
 log() { printf '[setup] %s\n' "$*" >&2; }
+source "$ROOT/deploy/setup_progress.sh"  # timed LABEL CMD: an elapsed-time line on a terminal only
 
 case "$ENGINE" in cpu|gpu) ;; *) echo "DUET_ENGINE must be cpu or gpu, got '$ENGINE'" >&2; exit 2 ;; esac
 
@@ -44,14 +45,14 @@ install_packages() {
   local pip=("$PY" -m pip install -q --disable-pip-version-check)
   if [ "$ENGINE" = cpu ]; then
     log "installing duet-rl[cpu,dev] with torch pinned to the CPU build (a few minutes the first time)"
-    "${pip[@]}" -c "$ROOT/deploy/constraints-cpu.txt" -e "$ROOT[cpu,dev]"
+    timed "pip install duet-rl[cpu,dev]" "${pip[@]}" -c "$ROOT/deploy/constraints-cpu.txt" -e "$ROOT[cpu,dev]"
   else
     # vLLM's documented pip install of its CUDA wheel: `pip install vllm --extra-index-url
     # https://download.pytorch.org/whl/cu129` (the wheel pins its torch; the PyTorch index serves the
     # CUDA build its kernels were compiled against). No constraint file: torch comes with vllm.
     local index=${DUET_TORCH_INDEX-https://download.pytorch.org/whl/cu129}
     log "installing duet-rl[gpu,dev]: vllm==0.32.0 (CUDA) and its torch${index:+ (extra index $index)}"
-    "${pip[@]}" ${index:+--extra-index-url "$index"} -e "$ROOT[gpu,dev]"
+    timed "pip install duet-rl[gpu,dev]" "${pip[@]}" ${index:+--extra-index-url "$index"} -e "$ROOT[gpu,dev]"
     # FlashInfer's precompiled kernels (vLLM's docs: without them they are compiled at first start,
     # minutes on Hopper). Best effort: a vLLM without the sub-command just compiles them later.
     "$VENV/bin/vllm" download-kernels \
@@ -80,7 +81,7 @@ clear_stale_extension_locks() {
 warm_deepspeed() {
   # The first init_distributed on CPU compiles deepspeed_shm_comm (40-70 s); do it here, once.
   log "building DeepSpeed's CPU communication op (cached in ~/.cache/torch_extensions)"
-  "$PY" - <<'EOF'
+  timed "DeepSpeed CPU op build" "$PY" - <<'EOF'
 from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
 ShareMemCommBuilder().load(verbose=False)
 EOF
