@@ -3,13 +3,9 @@
 ``"console"`` is the run's own display on stdout (:mod:`cluster.console`); the others are
 trackers, one leaf module each, imported only when a recipe selects them:
 
-====================  =========================  ================================================
-name                  install                    writes
-====================  =========================  ================================================
-``"tensorboard"``     ``pip install duet-rl[tensorboard]``  event files under ``RUN_DIR/tensorboard/``
-``"wandb"``           ``pip install duet-rl[wandb]``        an offline W&B run under ``RUN_DIR/wandb/``
-``"mlflow"``          ``pip install duet-rl[mlflow]``       a local MLflow file store, ``RUN_DIR/mlruns``
-====================  =========================  ================================================
+- ``"tensorboard"`` (``pip install duet-rl[tensorboard]``): event files under ``RUN_DIR/tensorboard/``;
+- ``"wandb"`` (``pip install duet-rl[wandb]``): an offline W&B run under ``RUN_DIR/wandb/``;
+- ``"mlflow"`` (``pip install duet-rl[mlflow]``): a local MLflow file store, ``RUN_DIR/mlruns``.
 
 One naming rule for all of them: a row ``(step, scope, name, value)`` of ``metrics.parquet``
 becomes the scalar ``f"{scope}/{name}"`` (MLflow: with "." for "/", see its module) at
