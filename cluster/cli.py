@@ -3,6 +3,7 @@
     duet train [RECIPE] [--set KEY=VALUE ...] [--resume]   run a recipe (default: the embedded one)
     duet check RECIPE [--set ...]                          validate a recipe and print it resolved
     duet recipes                                           list the shipped recipes
+    duet report RUN_DIR [--out DIR]                        draw RUN_DIR/report/index.html (plots, transcripts)
 
 RECIPE is a path or the name of a shipped recipe (``cluster/recipes/*.toml``). A bad recipe exits
 with status 2 and a message naming each bad field.
@@ -30,7 +31,22 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--resume", action="store_true",
                            help="continue from the run directory's last checkpoint")
     sub.add_parser("recipes", help="list the shipped recipes")
+    r = sub.add_parser("report", help="draw a run's report: one HTML page with plots and transcripts")
+    r.add_argument("run_dir", help="a run directory (output.dir of a run)")
+    r.add_argument("--out", default=None, help="where to write index.html and the PNGs (default RUN_DIR/report)")
     return p
+
+
+def report(run_dir: str, out: str | None) -> int:
+    """``duet report``: 0 and the page's path, or 2 and one line when RUN_DIR has no metrics."""
+    from cluster.report import NoMetrics, write_report
+
+    try:
+        print(write_report(run_dir, out))
+    except NoMetrics as err:
+        print(f"duet: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         for f in sorted(RECIPES_DIR.glob("*.toml")):
             print(f.stem)
         return 0
+    if args.command == "report":
+        return report(args.run_dir, args.out)
     try:
         path = recipe_path(args.recipe) if args.recipe else None
         recipe = load_recipe(path, tuple(args.overrides))

@@ -67,3 +67,13 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
         "reward": sum(e.reward for e in episodes) / n if n else 0.0,
         "success": sum(defined) / len(defined) if defined else 0.0,
     }
+
+
+def component_means(episodes: Sequence[Episode]) -> dict[str, float]:
+    """``reward/<component>`` -> the mean of that reward component over the episodes that have it
+    (composite rewards keep every part in ``Episode.reward_components``)."""
+    values: dict[str, list[float]] = {}
+    for e in episodes:
+        for name, v in e.reward_components.items():
+            values.setdefault(name, []).append(float(v))
+    return {f"reward/{name}": sum(vs) / len(vs) for name, vs in sorted(values.items())}
