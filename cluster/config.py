@@ -166,6 +166,10 @@ class OutputConfig(_Config):
     """Readable transcripts saved per step."""
     progress: bool = True
     """One line per step on stdout (local runs)."""
+    report: bool = True
+    """Redraw the run report (``report/index.html`` and its PNGs, see ``duet report``) after each
+    evaluation and at the end of the run; a report that fails to draw is one logged line, never the
+    run's end."""
     loggers: tuple[str, ...] = ("console",)
     """Where the run's figures go besides metrics.parquet (``cluster.loggers``), like verl's
     ``trainer.logger``: "console" (the lines on stdout, with a progress bar and ETA on a terminal;

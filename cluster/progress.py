@@ -13,10 +13,11 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.schedule import summarize
+from cluster.schedule import component_means, summarize
 from cluster.metrics import DuetMetrics, RaySink, Recorder
 from cluster.console import Display
 from cluster.loggers import Trackers
+from cluster.report.transcripts import save_images
 from rollout.episode_arrow import EpisodeBatch
 
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("scope", pa.string()), ("name", pa.string()),
@@ -34,12 +35,13 @@ class RunLog:
     """Collects a run's figures; ``print_lines`` is off when a progress display is not wanted."""
 
     def __init__(self, run_dir: Path, transcripts_per_step: int, print_lines: bool = True,
-                 loggers: Sequence[str] = ("console",)) -> None:
+                 report: bool = False, loggers: Sequence[str] = ("console",)) -> None:
         self.run_dir = run_dir
         self.transcripts_dir = run_dir / "transcripts"
         self.transcripts_dir.mkdir(parents=True, exist_ok=True)
         self.transcripts_per_step = transcripts_per_step
         self.print_lines = print_lines
+        self.report = report
         self.recorder = Recorder()
         self.metrics = DuetMetrics(RaySink(), self.recorder)
         self.rows: list[dict[str, Any]] = []
@@ -71,7 +73,7 @@ class RunLog:
              syncs: Mapping[str, Any], versions: Mapping[str, int], timings: Mapping[str, float]) -> None:
         summary = summarize(batch.episodes)
         tokens = sum(s.tokens_per_s for s in stats)
-        for name, value in {**summary, **timings, "tokens_per_s": tokens}.items():
+        for name, value in {**summary, **component_means(batch.episodes), **timings, "tokens_per_s": tokens}.items():
             self._row(step, "rollout", name, value)
         for role, metrics in updates.items():
             for name, value in metrics.items():
@@ -99,18 +101,31 @@ class RunLog:
 
     def evaluation(self, label: str, result: Mapping[str, float], batch: EpisodeBatch) -> None:
         self.evals[label] = dict(result)
-        for name, value in result.items():
+        for name, value in {**result, **component_means(batch.episodes)}.items():
             self._row(-1, f"eval/{label}", name, value)
         self._save_transcripts(f"eval_{label}", batch)
         self.flush()
+        self.draw_report()
         self.say(f"[eval] {label:<10} success {result['success']:.3f}  reward {result['reward']:+.3f}  "
                  f"({int(result['episodes'])} held-out episodes)")
 
     def _save_transcripts(self, name: str, batch: EpisodeBatch) -> None:
         if not self.transcripts_per_step:
             return
-        texts = [e.metadata.get("transcript", "") for e in batch.episodes[: self.transcripts_per_step]]
-        (self.transcripts_dir / f"{name}.txt").write_text("\n\n".join(t for t in texts if t) + "\n")
+        kept = [e for e in batch.episodes[: self.transcripts_per_step] if e.metadata.get("transcript")]
+        (self.transcripts_dir / f"{name}.txt").write_text("\n\n".join(e.metadata["transcript"] for e in kept) + "\n")
+        save_images(self.transcripts_dir / name, kept, batch.images)  # transcripts/<name>/<hash>.png
+
+    def draw_report(self) -> None:
+        """Redraw ``report/`` (cluster/report) when asked for; a failure is one line, never the run's end."""
+        if not self.report:
+            return
+        try:
+            from cluster.report import write_report
+
+            write_report(self.run_dir)
+        except Exception as err:  # noqa: BLE001 - a report must not kill a run
+            print(f"[duet] report not drawn: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
 
     def begin_steps(self, start: int, total: int) -> None:
         """RL steps ``start .. total-1`` are about to run: their bar (on a terminal) begins, and
@@ -148,3 +163,4 @@ class RunLog:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         self.say("[duet] summary: " + json.dumps(summary, default=str))
         sys.stdout.flush()
+        self.draw_report()

@@ -119,7 +119,7 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
     earlier = earlier_rows(run_dir) if resume else []
-    log = RunLog(run_dir, recipe.output.transcripts_per_step, recipe.output.progress,
+    log = RunLog(run_dir, recipe.output.transcripts_per_step, recipe.output.progress, recipe.output.report,
                  loggers=recipe.output.loggers)
     started = init_ray(recipe)
     try:
