@@ -1,0 +1,85 @@
+"""``python -m deploy.baselines``: RL4VLM's CNN+RL baseline on RLlib (``bash deploy/baseline.sh`` runs it).
+
+    python -m deploy.baselines [RECIPE.toml] [--set a.b=v ...]            one run (recipe's env and seed)
+    python -m deploy.baselines [RECIPE.toml] --table [--set ...]          every env x seed of [benchmark],
+                                                                          then the results table and plot
+    python -m deploy.baselines --plot-only                                redraw the PNG from the table's JSON
+
+Exit status: 0 done, 2 a bad recipe (the message names the dotted field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from deploy.baselines.config import BaselineConfig, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m deploy.baselines", description=__doc__.splitlines()[0])
+    p.add_argument("recipe", nargs="?", help="baseline recipe TOML (default: deploy/baselines/cnn_ppo.toml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set env.name=blackjack (repeatable)")
+    p.add_argument("--table", action="store_true", help="run the [benchmark] grid and write the results table")
+    p.add_argument("--plot-only", action="store_true", help="redraw cnn_baseline.png from cnn_baseline.json")
+    return p
+
+
+def run_table(cfg: BaselineConfig) -> list[Path]:
+    """Every (env, seed) run of ``cfg.benchmark``, then ``cnn_baseline.{md,json,png}``."""
+    from deploy.baselines.report import build_table, write_results
+    from deploy.baselines.train import run_baseline
+    from deploy.bench.machine import describe, load_average
+
+    t0, machine = time.time(), describe(ROOT)
+    runs = [asdict(run_baseline(cfg.for_run(env, seed))) for env in cfg.benchmark.envs for seed in cfg.benchmark.seeds]
+    machine["load_average"]["end"] = load_average()
+    machine["wall_s"] = time.time() - t0
+    settings = {"eval_episodes": cfg.eval.episodes, "env": cfg.env.model_dump(), "ppo": cfg.ppo.model_dump(),
+                "model": cfg.model.model_dump(), "cluster": cfg.cluster.model_dump(exclude={"address"}),
+                "env_steps": {e: cfg.for_run(e, 0).train.env_steps for e in cfg.benchmark.envs},
+                "time_limit_s": cfg.train.time_limit_s}
+    doc = build_table(runs, machine, ROOT / "runs", settings)
+    return write_results(doc, _results_dir(cfg))
+
+
+def _results_dir(cfg: BaselineConfig) -> Path:
+    d = Path(cfg.benchmark.results_dir)
+    return d if d.is_absolute() else ROOT / d
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.recipe, tuple(args.overrides))
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.plot_only:
+        from deploy.baselines.report import plot_curves
+
+        d = _results_dir(cfg)
+        plot_curves(json.loads((d / "cnn_baseline.json").read_text()), d / "cnn_baseline.png")
+        print(d / "cnn_baseline.png")
+        return 0
+    if args.table:
+        for path in run_table(cfg):
+            print(f"[baseline] wrote {path}")
+        return 0
+    from deploy.baselines.train import run_baseline
+
+    result = run_baseline(cfg)
+    print(json.dumps({"env": result.env, "seed": result.seed, "held_out_success": result.final["success"],
+                      "episodes": result.final["episodes"], "env_steps": result.env_steps, "run_dir": result.run_dir}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
