@@ -111,7 +111,7 @@ def test_placement_errors_on_the_live_cluster(fleet):
         create_placement_groups(plan_resources(RoleSpec("rollout", 1, cpus=3)))
     # 1.75 CPU fits each node's capacity (2), but the fleet holds 0.25 per worker: not schedulable now
     free = ray.available_resources()["CPU"]
-    with pytest.raises(PlanDoesNotFit, match=r"'rollout' \(CPU=3.5\) not ready after 1s; cluster resources "
+    with pytest.raises(PlanDoesNotFit, match=r"'rollout' \(CPU=3.5\) not ready after 1s \(cluster.placement_timeout_s\); cluster resources "
                                              r"available now: CPU=\d"):
         create_placement_groups(plan_resources(RoleSpec("rollout", 2, cpus=1.75, strategy="SPREAD")), timeout_s=1)
     wait_released(ray, free)
