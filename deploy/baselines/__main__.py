@@ -16,8 +16,9 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from deploy.baselines.config import BaselineConfig, ConfigError, load_config
+from deploy.baselines.config import BaselineConfig, ConfigError, held_out_seeds, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,8 +47,29 @@ def run_table(cfg: BaselineConfig) -> list[Path]:
                 "model": cfg.model.model_dump(), "cluster": cfg.cluster.model_dump(exclude={"address"}),
                 "env_steps": {e: cfg.for_run(e, 0).train.env_steps for e in cfg.benchmark.envs},
                 "time_limit_s": cfg.train.time_limit_s}
-    doc = build_table(runs, machine, ROOT / "runs", settings)
+    doc = build_table(runs, machine, ROOT / "runs", settings, constant_policies(cfg))
     return write_results(doc, _results_dir(cfg))
+
+
+def constant_policies(cfg: BaselineConfig) -> dict[str, dict[str, Any]]:
+    """Per two-action env: the best always-the-same-action policy's held-out success over the
+    table's seeds (measured with the same evaluator and seeds as the CNN)."""
+    import numpy as np
+
+    from deploy.baselines.evaluate import evaluate
+    from rollout.envs import ENVS
+
+    out: dict[str, dict[str, Any]] = {}
+    for env in cfg.benchmark.envs:
+        actions = ENVS[env].ACTIONS
+        if len(actions) > 2:
+            continue
+        env_cfg = cfg.for_run(env, 0).env_config()
+        seeds = [s for seed in cfg.benchmark.seeds for s in held_out_seeds(seed, cfg.eval.episodes)]
+        scores = [evaluate(lambda obs, a=a: np.full(len(obs), a), env_cfg, seeds).success for a in range(len(actions))]
+        best = int(np.argmax(scores))
+        out[env] = {"action": actions[best], "success": scores[best], "episodes": len(seeds)}
+    return out
 
 
 def _results_dir(cfg: BaselineConfig) -> Path:

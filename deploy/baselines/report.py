@@ -40,7 +40,7 @@ def vlm_figures(env: str, runs_dir: Path) -> dict[str, Any]:
 
 
 def build_table(runs: Sequence[Mapping[str, Any]], machine: Mapping[str, Any], runs_dir: Path,
-                settings: Mapping[str, Any]) -> dict[str, Any]:
+                settings: Mapping[str, Any], constants: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON document: per env, each seed's run summary, the mean, the target, the other rows."""
     envs: dict[str, Any] = {}
     for r in runs:
@@ -52,6 +52,7 @@ def build_table(runs: Sequence[Mapping[str, Any]], machine: Mapping[str, Any], r
         row["target_met"] = None if env not in TARGETS else all(f >= TARGETS[env] for f in finals)
         row["rl4vlm_percent"] = {method: rows[env] for method, rows in RL4VLM_ROWS.items()}
         row["vlm_recipe"] = vlm_figures(env, runs_dir)
+        row["constant_policy"] = (constants or {}).get(env)
     return {"method": "RLlib PPO (new API stack), default conv RLModule, greedy held-out evaluation",
             "settings": dict(settings), "machine": dict(machine), "envs": envs}
 
@@ -69,8 +70,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         "recipes' held-out seeds (`10**9 + seed * 1_000_003 + i`); success = the env's `info[\"success\"]` "
         "(episode return > 0). Written by `bash deploy/baseline.sh --table`.", "",
         "| environment | CNN+PPO (this, mean of seeds) | per seed | env steps / seed | target | "
-        "RL4VLM CNN+RL | LLaVA-sft | RL4VLM | duet-rl VLM recipe (before -> after RL) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "best constant action | RL4VLM CNN+RL | LLaVA-sft | RL4VLM | duet-rl VLM recipe (before -> after RL) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for env, row in doc["envs"].items():
         runs = row["runs"]
@@ -82,9 +83,13 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         vlm_text = "no recipe" if vlm["recipe"] is None else (
             f"`{vlm['recipe']}`: not measured" if vlm["before"] is None
             else f"`{vlm['recipe']}`: {_pct(vlm['before'])} -> {_pct(vlm['after'])}")
-        lines.append(f"| {TITLES[env]} | **{_pct(row['held_out_success_mean'])}** | {seeds} | {steps} | {target} | "
+        const = row.get("constant_policy")
+        const_text = "-" if not const else f"{_pct(const['success'])} (always \"{const['action']}\")"
+        lines.append(f"| {TITLES[env]} | **{_pct(row['held_out_success_mean'])}** | {seeds} | {steps} | {target} | {const_text} | "
                      f"{pub['CNN+RL']} | {pub['LLaVA-sft']} | {pub['RL4VLM']} | {vlm_text} |")
     lines += ["", "Per run (held-out success before training -> after; training wall time excludes evaluation):", "",
+              "Best constant action: the held-out success of always playing one action, measured on the same "
+              "seeds (two-action environments only), the floor a pixel policy has to beat.", "",
               "| run | before | after | mean return after | env steps | iterations | train wall (s) | run wall (s) | stopped by |",
               "|---|---|---|---|---|---|---|---|---|"]
     for env, row in doc["envs"].items():
@@ -111,10 +116,12 @@ def plot_curves(doc: Mapping[str, Any], path: Path) -> None:
     envs = list(doc["envs"])
     fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
     for ax, env in zip(axes[0], envs):
-        for r in doc["envs"][env]["runs"]:
+        for k, r in enumerate(doc["envs"][env]["runs"]):
             xs = [p["env_steps"] for p in r["curve"]]
-            ax.plot(xs, [p["success"] for p in r["curve"]], marker="o", ms=3, label=f"held-out s{r['seed']}")
-            ax.plot(xs, [p["train_success"] for p in r["curve"]], ls="--", label=f"training s{r['seed']}")
+            ax.plot(xs, [p["success"] for p in r["curve"]], color=f"C{k}", marker="o", ms=3,
+                    label=f"held-out greedy s{r['seed']}")
+            ax.plot(xs, [p["train_success"] for p in r["curve"]], color=f"C{k}", ls="--",
+                    label=f"training (sampled) s{r['seed']}")
         pub = RL4VLM_ROWS["CNN+RL"][env] / 100
         ax.axhline(pub, color="grey", lw=0.8, ls=":", label="RL4VLM CNN+RL")
         ax.set(title=TITLES[env], xlabel="env steps", ylabel="success", ylim=(-0.03, 1.03))

@@ -7,7 +7,8 @@ finally the full held-out evaluation. Rows go to ``metrics.parquet`` in duet-rl'
 (``cluster.progress.METRICS_SCHEMA``): per iteration ``rollout/*`` (training episodes, sampled
 actions) and ``learner/policy/*``; the held-out curve under ``heldout/*`` (step = iteration); the
 initial and final evaluations as ``eval/initial`` and ``eval/final`` (step -1). ``summary.json``
-holds the held-out success and the budget actually used.
+holds the held-out success and the budget actually used; ``eval_final_episodes.json`` every final
+held-out episode (seed, actions, return, success), so the figure can be replayed and checked.
 
 Ray: a local single-node Ray (shut down at the end), or the running cluster (``address="auto"``,
 left running) under ``ray job submit``. Only this module (and the CLI that calls it) imports Ray.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +147,16 @@ def run_baseline(cfg: BaselineConfig, log=print) -> BaselineResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(cfg.model_dump_json(indent=2) + "\n")
     address = ray_address(cfg)
-    local = address == "local"
-    if not ray.is_initialized():
+    started = not ray.is_initialized()  # a caller's Ray (tests, a notebook) is used and left alone
+    if started:
+        local = address == "local"
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  **({"num_cpus": cfg.cluster.num_cpus} if local and cfg.cluster.num_cpus else {}))
     try:
         return _train_and_evaluate(cfg, run_dir, t0, log)
     finally:
-        if local:
-            ray.shutdown()
+        if started:
+            ray.shutdown()  # disconnects; a joined cluster keeps running, a local one stops
 
 
 def _train_and_evaluate(cfg: BaselineConfig, run_dir: Path, t0: float, log) -> BaselineResult:
@@ -189,8 +191,10 @@ def _train_and_evaluate(cfg: BaselineConfig, run_dir: Path, t0: float, log) -> B
                     f"[{time.time() - t_train:.0f}s]")
             it += 1
         train_wall = time.time() - t_train
-        final = held_out(cfg.eval.episodes).as_metrics()
+        last = held_out(cfg.eval.episodes)
+        final = last.as_metrics()
         rows.add(-1, "eval/final", final)
+        (run_dir / "eval_final_episodes.json").write_text(json.dumps([asdict(r) for r in last.records]) + "\n")
     finally:
         algo.stop()
     result = BaselineResult(cfg.env.name, cfg.seed, str(run_dir), steps, it, train_wall, time.time() - t0,
