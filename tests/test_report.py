@@ -137,7 +137,7 @@ def test_every_plotted_series_equals_the_parquet_file(run_dir):
     assert panels["Held-out success"].categories == ("base", "before_rl", "after_rl")
     assert panels["Held-out success"].series["held-out success"].y == (0.0, 0.5, 1.0)
     assert panels["Held-out reward"].series["held-out reward"].y == (0.0, 0.5, 1.0)
-    assert panels["Episodes per step"].series["episodes"].y == (3.0, 3.0)
+    assert panels["Episodes per step and in flight"].series["episodes"].y == (3.0, 3.0)
     assert panels["Value explained variance (PPO)"].series["value/explained_variance"].y == (-0.4, 0.2)
     assert set(panels["Advantages"].series) == {"adv/mean", "adv/std"}
     assert set(panels["KL"].series) == {"kl/ref", "policy/approx_kl"}

@@ -28,6 +28,7 @@ details { margin: 0.4em 0; } summary { cursor: pointer; font-weight: 600; }
 .episode { background: white; border: 1px solid #dde3ea; border-radius: 6px; margin: 0.5em 0; padding: 0.5em 0.8em; }
 .line { font-family: "DejaVu Sans Mono", monospace; font-size: 0.85em; white-space: pre-wrap; margin: 0.15em 0; }
 .line.result { color: #555; border-top: 1px dashed #dde3ea; padding-top: 0.2em; }
+.turn { display: flex; gap: 0.6em; align-items: flex-start; } .turn .line { flex: 1; }
 .turn-images img { height: 112px; image-rendering: pixelated; border: 1px solid #ccc; margin: 0.2em 0.4em 0.2em 0; }
 """
 
@@ -77,8 +78,8 @@ def headline(evals: Mapping[str, Mapping[str, float]]) -> str:
 def _line(line: TranscriptLine, image: Mapping[str, str]) -> str:
     cls = "line result" if line.text.startswith("[result]") else "line"
     imgs = "".join(f'<img alt="{escape(i.hash[:12])}" title="{escape(i.hash)}" src="{image[i.hash]}">' for i in line.images)
-    pics = f'<div class="turn-images">{imgs}</div>' if imgs else ""
-    return f'{pics}<div class="{cls}">{escape(line.text)}</div>'
+    text = f'<div class="{cls}">{escape(line.text)}</div>'
+    return f'<div class="turn"><div class="turn-images">{imgs}</div>{text}</div>' if imgs else text
 
 
 def _transcript(t: Transcript, image: Mapping[str, str], open_: bool) -> str:

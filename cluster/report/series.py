@@ -78,7 +78,8 @@ def _pattern(regex: str) -> Match:
 STEP_PANELS: tuple[tuple[str, str, Match], ...] = (
     ("Reward (training episodes)", "mean reward", lambda s, n: s == "rollout" and n == "reward"),
     ("Reward components", "mean component", _prefix("reward/", "rollout")),
-    ("Episodes per step", "episodes", lambda s, n: s == "rollout" and n == "episodes"),
+    ("Episodes per step and in flight", "episodes",
+     lambda s, n: (s == "rollout" and n == "episodes") or n.startswith("queue_depth/")),
     ("Success rate (training episodes)", "success", lambda s, n: s == "rollout" and n == "success"),
     ("KL", "KL", _names("kl/ref", "policy/approx_kl", "loss/kl")),
     ("Entropy", "nats / token", _names("policy/entropy")),
