@@ -60,9 +60,11 @@ def keyword_problems(
     problems: list[Problem] = []
     if not takes.open:
         known = ", ".join(sorted(takes.names))
-        problems += [((k,), f"not an argument of {what} (known: {known})") for k in kwargs if k not in takes.names]
+        problems += [((k,), f"not an argument of {what} (known: {known})")
+                     for k in kwargs if k not in takes.names]
     if require:
-        problems += [((k,), f"required argument of {what} is missing") for k in sorted(takes.required - set(kwargs))]
+        problems += [((k,), f"required argument of {what} is missing")
+                     for k in sorted(takes.required - set(kwargs))]
     return problems
 
 
@@ -73,14 +75,16 @@ def model_problems(kwargs: Mapping[str, Any], model: type, what: str, *, require
 
     fields = model.model_fields
     known = ", ".join(fields)
-    problems: list[Problem] = [((k,), f"not an argument of {what} (known: {known})") for k in kwargs if k not in fields]
+    problems: list[Problem] = [((k,), f"not an argument of {what} (known: {known})")
+                               for k in kwargs if k not in fields]
     try:
         model.model_validate({k: v for k, v in kwargs.items() if k in fields})
     except ValidationError as err:
         for e in err.errors():
-            if e["type"] == "missing" and not require:
-                continue
-            problems.append((tuple(e["loc"]), e["msg"] if e["type"] != "missing" else f"required argument of {what} is missing"))
+            if e["type"] != "missing":
+                problems.append((tuple(e["loc"]), e["msg"]))
+            elif require:
+                problems.append((tuple(e["loc"]), f"required argument of {what} is missing"))
     return problems
 
 
@@ -121,7 +125,8 @@ def reward_problems(index: int, name: str, kwargs: Mapping[str, Any]) -> list[Pr
         factory = reward_factory(name)
     except Exception as err:  # noqa: BLE001 - a user's module may fail to import in any way
         if ":" not in name:
-            return [(("rewards", index, "name"), f"unknown reward {name!r} (known: {', '.join(registered_rewards())})")]
+            known = ", ".join(registered_rewards())
+            return [(("rewards", index, "name"), f"unknown reward {name!r} (known: {known})")]
         return [(("rewards", index, "name"), f"cannot load reward {name!r}: {err}")]
     found = keyword_problems(kwargs, accepted(factory), f"reward {name!r}")
     return [(("rewards", index, "kwargs", *loc), msg) for loc, msg in found]

@@ -178,7 +178,8 @@ def _load(args: HFSourceArgs, fmt: HFFormat) -> Any:
     if fmt == "arrow" and Path(path).is_dir():
         return _pick_split(datasets.load_from_disk(path), args.split, path)
     if Path(path).is_dir():
-        return _pick_split(datasets.load_dataset(fmt, data_dir=path, cache_dir=args.cache_dir), args.split, path)
+        data = datasets.load_dataset(fmt, data_dir=path, cache_dir=args.cache_dir)
+        return _pick_split(data, args.split, path)
     files = _data_files(path)
     extra = _csv_features(files) if fmt == "csv" else {}
     return datasets.load_dataset(fmt, data_files={args.split: files}, split=args.split,
@@ -298,8 +299,12 @@ class ImageReader:
             return self._cached(bytes(value), lambda: _decode(bytes(value)))
         if isinstance(value, str):
             path = Path(value) if Path(value).is_absolute() else self.root / value
-            return self._cached(path, lambda: _decode(path.read_bytes()) if path.is_file() else "image file not found")
+            return self._cached(path, lambda: self._file(path))
         return "image: unsupported value"
+
+    @staticmethod
+    def _file(path: Path) -> bytes | str:
+        return _decode(path.read_bytes()) if path.is_file() else "image file not found"
 
     def _one_of(self, values: list | tuple) -> bytes | str | None:
         if len(values) > 1:
