@@ -17,7 +17,8 @@ from cluster.report.series import Panel
 
 def panel_png(panel: Panel, width_in: float = 6.4, height_in: float = 3.4, dpi: int = 100) -> bytes:
     """PNG bytes of one panel: a line per series (markers when points are few), legend, grid."""
-    fig = Figure(figsize=(width_in, height_in), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(width_in, height_in), dpi=dpi)
+    fig.subplots_adjust(left=0.12, right=0.98, top=0.91, bottom=0.15)  # fixed: half the time of "constrained"
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for label, s in panel.series.items():
