@@ -153,6 +153,10 @@ class ClusterConfig(_Config):
     """The cluster adds nodes on demand (Ray's cluster launcher, KubeRay's autoscaler): skip the
     capacity check against the nodes alive at start and wait ``placement_timeout_s`` for the
     autoscaler to bring what the run needs (pending resources are logged every 30 s)."""
+    dashboard: bool = False
+    """Local mode only: start the local Ray with its dashboard (on 127.0.0.1) and its Prometheus
+    metrics endpoint; the run prints both URLs. A cluster (``address`` set, ``ray job submit``) has
+    its own, started by ``ray start --head --include-dashboard=true --metrics-export-port=...``."""
 
 
 class OutputConfig(_Config):
@@ -166,6 +170,12 @@ class OutputConfig(_Config):
     """Readable transcripts saved per step."""
     progress: bool = True
     """One line per step on stdout (local runs)."""
+    metrics_flush_s: float | None = Field(None, ge=0)
+    """Seconds the run waits after its last evaluation, before its actors stop, so that Ray's metrics
+    agent receives the values recorded last (every process exports its metrics once per
+    ``RAY_metrics_report_interval_ms``, 10 s by default; what a process records after its last
+    export is lost when it exits). None: one report interval plus 1 s when the metrics can be
+    scraped (the run joined a cluster, or ``cluster.dashboard``), else no wait; 0: never wait."""
     report: bool = True
     """Redraw the run report (``report/index.html`` and its PNGs, see ``duet report``) after each
     evaluation and at the end of the run; a report that fails to draw is one logged line, never the

@@ -27,6 +27,7 @@ from ray.exceptions import RayActorError
 
 from cluster.adapter_store import AdapterPayload
 from cluster.config import Recipe
+from cluster.metrics import mean_staleness
 from cluster.schedule import Counters, greedy_roles_at, roles_at, shard, stale_episodes, summarize
 from rollout.episode_arrow import EpisodeBatch
 
@@ -116,6 +117,16 @@ class Driver:
         self.counters.trained += len(kept)
         return EpisodeBatch(kept, batch.images)
 
+    def staleness(self, batch: EpisodeBatch) -> dict[str, float]:
+        """Role -> mean lag (current adapter version minus generating version) of ``batch``'s episodes,
+        for the roles that serve an adapter; taken before the step's update (0 in sync mode)."""
+        adapters = {r: c.adapter for r, c in self.recipe.rollout.roles().items() if c.adapter}
+        return mean_staleness(batch.episodes, self.versions, adapters)
+
+    def episodes_in(self, futures: list[tuple[str, list[Any], Any]]) -> int:
+        """Episodes the launched rollout calls ``futures`` will return (items x group size)."""
+        return sum(len(part) for _, part, _ in futures) * self.recipe.rollout.group_size
+
     def publish(self, role: str) -> Any:
         """Export ``role``'s adapter as the next version, push it to every worker, prove arrival.
         Workers that died during the sync are waited for (Ray restarts them) and synced again."""
@@ -163,9 +174,12 @@ class Driver:
         for step in range(start, end):
             t0 = time.perf_counter()
             batch, stats = self.collect(step, pending)
+            produced, in_flight = len(batch), 0
             if train.mode == "async" and step + 1 < end:
                 pending = self.launch(step + 1)  # generation of t+1 overlaps the update of t
+                in_flight = self.episodes_in(pending)
             batch = self.drop_stale(batch)
+            self.log.loop(step, produced, produced - len(batch), self.staleness(batch), in_flight)
             t_sample = time.perf_counter() - t0
             updates, syncs = {}, {}
             for role in roles_at(train, trainable, step):

@@ -15,10 +15,11 @@ names as strings. Each call goes to every sink:
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping, Protocol
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
 
 Kind = Literal["gauge", "counter", "histogram"]
 
@@ -37,23 +38,110 @@ class MetricSpec:
     """Every record of this metric carries exactly these tags."""
     boundaries: tuple[float, ...] = ()
     """Histogram bucket upper bounds (histograms only)."""
+    row: tuple[str, str] | None = None
+    """Gauges: (scope, name) of the metrics.parquet row holding the same value ("{role}", "{queue}"
+    filled in from the tags); the last exported value equals the file's last such row."""
 
 
 SPECS: dict[str, MetricSpec] = {s.name: s for s in (
-    MetricSpec("duet_reward", "gauge", "Mean episode reward of the last batch", ("role",)),
-    MetricSpec("duet_success_rate", "gauge", "Fraction of episodes of the last batch that succeeded", ("role",)),
-    MetricSpec("duet_kl", "gauge", "Mean KL(pi_old || pi) estimate of the last update", ("role",)),
-    MetricSpec("duet_entropy", "gauge", "Mean token entropy of the last update", ("role",)),
-    MetricSpec("duet_adapter_version", "gauge", "Adapter version published for a role", ("role",)),
-    MetricSpec("duet_staleness", "gauge", "Mean learner version minus generating version of trained episodes",
-               ("role",)),
+    MetricSpec("duet_reward", "gauge", "Mean episode reward of the step's trained batch", (),
+               row=("rollout", "reward")),
+    MetricSpec("duet_success_rate", "gauge", "Fraction of the step's trained episodes that succeeded", (),
+               row=("rollout", "success")),
+    MetricSpec("duet_kl_ref", "gauge", "Mean token KL of pi to the reference (adapter disabled) in the last "
+               "update; only with a KL term (algo.kl_coef > 0)", ("role",), row=("learner/{role}", "kl/ref")),
+    MetricSpec("duet_approx_kl", "gauge", "PPO's approx-KL between pi_old and pi (mean k3 estimate) of the last "
+               "update", ("role",), row=("learner/{role}", "policy/approx_kl")),
+    MetricSpec("duet_entropy", "gauge", "Mean token entropy of the last update", ("role",),
+               row=("learner/{role}", "policy/entropy")),
+    MetricSpec("duet_adapter_version", "gauge", "Latest adapter version proven on the rollout workers", ("role",),
+               row=("sync/{role}", "version")),
+    MetricSpec("duet_staleness", "gauge", "Mean adapter version minus generating version over the step's trained "
+               "episodes", ("role",), row=("rollout", "staleness/{role}")),
     MetricSpec("duet_sync_latency_s", "histogram", "Publish-to-last-ack time of an adapter sync", ("role",),
                LATENCY_BOUNDARIES_S),
-    MetricSpec("duet_tokens_per_s", "gauge", "Generated tokens per second over the last batch", ("role",)),
-    MetricSpec("duet_queue_depth", "gauge", "Episodes waiting in a queue", ("queue",)),
-    MetricSpec("duet_episodes_produced", "counter", "Episodes produced by rollout workers"),
-    MetricSpec("duet_episodes_dropped", "counter", "Episodes dropped before training", ("reason",)),
+    MetricSpec("duet_tokens_per_s", "gauge", "Generated tokens per second over the step's rollouts (all workers)",
+               (), row=("rollout", "tokens_per_s")),
+    MetricSpec("duet_queue_depth", "gauge", "Episodes in a queue while the learner trains (queue=in_flight: "
+               "launched for the next step, not collected yet; 0 in sync mode)", ("queue",),
+               row=("rollout", "queue_depth/{queue}")),
+    MetricSpec("duet_episodes_produced", "counter", "Episodes collected from the rollout workers"),
+    MetricSpec("duet_episodes_dropped", "counter", "Episodes dropped before training (reason=stale: older than "
+               "train.max_staleness)", ("reason",)),
 )}
+"""Every metric of the system. Gauges with a ``row`` are set once per step (or per sync) to the value
+of that metrics.parquet row; counters add up episodes; the histogram observes each sync."""
+
+
+def exported_names(spec: MetricSpec) -> tuple[str, ...]:
+    """The series names Prometheus shows for ``spec`` (Ray prefixes ``ray_``; counters get ``_total``,
+    histograms ``_bucket``/``_count``/``_sum``)."""
+    base = f"ray_{spec.name}"
+    if spec.kind == "counter":
+        return (f"{base}_total",)
+    if spec.kind == "histogram":
+        return tuple(f"{base}_{s}" for s in ("bucket", "count", "sum"))
+    return (base,)
+
+
+def all_exported_names() -> set[str]:
+    """Every series name the run exports (see :func:`exported_names`)."""
+    return {n for spec in SPECS.values() for n in exported_names(spec)}
+
+
+def row_of(spec: MetricSpec, tags: Mapping[str, str]) -> tuple[str, str] | None:
+    """(scope, name) of the metrics.parquet row a gauge record mirrors, its tags filled in."""
+    if spec.row is None:
+        return None
+    return spec.row[0].format(**tags), spec.row[1].format(**tags)
+
+
+_SAMPLE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$')
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One line of a Prometheus text exposition: ``name{labels} value``."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+def parse_prometheus(text: str) -> list[Sample]:
+    """The samples of a Prometheus text-format page (comments and blank lines skipped)."""
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line.strip())
+        if not m or line.startswith("#"):
+            continue
+        labels = {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(m.group(2) or "")}
+        out.append(Sample(m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def mean_staleness(episodes: Sequence[Any], versions: Mapping[str, int],
+                   adapters: Mapping[str, str]) -> dict[str, float]:
+    """Role -> mean over ``episodes`` of (the adapter's current version minus the version that generated
+    the role's turns), for the roles in ``adapters`` (role -> adapter name); roles no episode has are
+    absent (an empty batch has no staleness)."""
+    lags: dict[str, list[int]] = {}
+    for e in episodes:
+        for role, v in e.policy_versions.items():
+            if role in adapters:
+                lags.setdefault(role, []).append(versions.get(adapters[role], 0) - v)
+    return {r: sum(v) / len(v) for r, v in sorted(lags.items())}
+
+
+def report_interval_s() -> float:
+    """Ray's metrics export interval in this process (``RAY_metrics_report_interval_ms``, 10 s by
+    default, never under 1 s); 10.0 when Ray is not loaded."""
+    ray = sys.modules.get("ray")
+    try:
+        return max(ray._config.metrics_report_interval_ms(), 1000) / 1000.0
+    except Exception:  # Ray not imported (unit tests) or a build without the accessor
+        return 10.0
 
 
 class Sink(Protocol):
@@ -152,7 +240,8 @@ class RaySink:
         if spec.kind == "gauge":
             obj.set(value, tags=dict(tags))
         elif spec.kind == "counter":
-            obj.inc(value, tags=dict(tags))
+            if value > 0:  # Ray refuses inc(0); a counter never incremented has no series
+                obj.inc(value, tags=dict(tags))
         else:
             obj.observe(value, tags=dict(tags))
 
@@ -170,14 +259,17 @@ class DuetMetrics:
         for sink in self.sinks:
             sink.record(spec, float(value), tags)
 
-    def reward(self, role: str, value: float) -> None:
-        self._emit("duet_reward", value, role=role)
+    def reward(self, value: float) -> None:
+        self._emit("duet_reward", value)
 
-    def success_rate(self, role: str, value: float) -> None:
-        self._emit("duet_success_rate", value, role=role)
+    def success_rate(self, value: float) -> None:
+        self._emit("duet_success_rate", value)
 
-    def kl(self, role: str, value: float) -> None:
-        self._emit("duet_kl", value, role=role)
+    def kl_ref(self, role: str, value: float) -> None:
+        self._emit("duet_kl_ref", value, role=role)
+
+    def approx_kl(self, role: str, value: float) -> None:
+        self._emit("duet_approx_kl", value, role=role)
 
     def entropy(self, role: str, value: float) -> None:
         self._emit("duet_entropy", value, role=role)
@@ -191,8 +283,8 @@ class DuetMetrics:
     def sync_latency(self, role: str, seconds: float) -> None:
         self._emit("duet_sync_latency_s", seconds, role=role)
 
-    def tokens_per_s(self, role: str, value: float) -> None:
-        self._emit("duet_tokens_per_s", value, role=role)
+    def tokens_per_s(self, value: float) -> None:
+        self._emit("duet_tokens_per_s", value)
 
     def queue_depth(self, queue: str, depth: int) -> None:
         self._emit("duet_queue_depth", depth, queue=queue)
@@ -202,3 +294,21 @@ class DuetMetrics:
 
     def episodes_dropped(self, reason: str, count: int = 1) -> None:
         self._emit("duet_episodes_dropped", count, reason=reason)
+
+    def learner_update(self, role: str, update: Mapping[str, float]) -> None:
+        """The gauges of one learner update: entropy and approx-KL when it trained on something, KL to
+        the reference when the update computed one (a KL term is configured)."""
+        for key, method in (("policy/entropy", self.entropy), ("policy/approx_kl", self.approx_kl),
+                            ("kl/ref", self.kl_ref)):
+            if key in update:
+                method(role, update[key])
+
+
+def hold_for_export(seconds: float | None, exported: bool, sleep: Callable[[float], None] = time.sleep) -> float:
+    """Wait so that Ray's metrics agent receives the values recorded last (each process exports every
+    report interval; a process that exits first loses them). ``seconds`` None: one report interval
+    plus 1 s when ``exported`` (someone can scrape this run), else no wait. Returns the wait."""
+    wait = (report_interval_s() + 1.0 if exported else 0.0) if seconds is None else float(seconds)
+    if wait > 0:
+        sleep(wait)
+    return wait

@@ -69,6 +69,19 @@ class RunLog:
         self._row(-1, f"sync/{report.role}", "proven_workers", len(report.proven))
         self._row(-1, f"sync/{report.role}", "probe_gap", report.probe_gap)
 
+    def loop(self, step: int, produced: int, dropped: int, staleness: Mapping[str, float], in_flight: int) -> None:
+        """The driver loop's figures of ``step``, before its update: episodes collected and dropped as
+        stale, the trained episodes' mean staleness per role, episodes in flight for the next step
+        (async mode; 0 in sync mode). Rows in metrics.parquet and Ray metrics alike."""
+        self.metrics.episodes_produced(produced)
+        self.metrics.episodes_dropped("stale", dropped)
+        self._row(step, "rollout", "dropped/stale", dropped)
+        self._row(step, "rollout", "queue_depth/in_flight", in_flight)
+        self.metrics.queue_depth("in_flight", in_flight)
+        for role, lag in staleness.items():
+            self._row(step, "rollout", f"staleness/{role}", lag)
+            self.metrics.staleness(role, lag)
+
     def step(self, step: int, batch: EpisodeBatch, stats: Sequence[Any], updates: Mapping[str, Mapping[str, float]],
              syncs: Mapping[str, Any], versions: Mapping[str, int], timings: Mapping[str, float]) -> None:
         summary = summarize(batch.episodes)
@@ -78,12 +91,12 @@ class RunLog:
         for role, metrics in updates.items():
             for name, value in metrics.items():
                 self._row(step, f"learner/{role}", name, value)
-            self.metrics.reward(role, summary["reward"])
-            self.metrics.success_rate(role, summary["success"])
-            self.metrics.kl(role, metrics.get("kl/ref", metrics.get("policy/approx_kl", 0.0)))
-            self.metrics.entropy(role, metrics.get("policy/entropy", 0.0))
-            self.metrics.tokens_per_s(role, tokens)
-        self.metrics.episodes_produced(len(batch))
+            self.metrics.learner_update(role, metrics)  # entropy, approx-KL, KL to the reference
+        if len(batch):  # an empty (all stale) batch has no reward, and success only where defined
+            self.metrics.reward(summary["reward"])
+            if any(e.success is not None for e in batch.episodes):
+                self.metrics.success_rate(summary["success"])
+        self.metrics.tokens_per_s(tokens)
         self._save_transcripts(f"step_{step:05d}", batch)
         self.flush()
         self.say(self._line(step, summary, updates, syncs, versions, timings))

@@ -101,8 +101,13 @@ def init_ray(recipe: Recipe) -> bool:
         return False
     # address="local": always a new instance; with None, ray.init joins the cluster named in
     # /tmp/ray/ray_current_cluster (the last `ray start` or ray.cluster_utils.Cluster of anyone)
-    ray.init(address="local", num_cpus=recipe.cluster.num_cpus, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    dashboard = recipe.cluster.dashboard
+    context = ray.init(address="local", num_cpus=recipe.cluster.num_cpus, include_dashboard=dashboard,
+                       dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=False)
+    if dashboard:
+        info = context.address_info
+        print(f"[duet] Ray dashboard: http://{context.dashboard_url}  Prometheus metrics: "
+              f"http://{info['node_ip_address']}:{info['metrics_export_port']}/metrics", flush=True)
     return True
 
 
@@ -112,6 +117,7 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
 
     from cluster.progress import RunLog
     from cluster.assemble import build_runtime, checkpoint_fn, restore, sft_warm_start
+    from cluster.metrics import hold_for_export
 
     t0 = time.time()
     recipe = settle(recipe)
@@ -145,6 +151,7 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
             if before and after:
                 log.event(f"held-out success before RL {before['success']:.3f} -> after RL "
                           f"{after['success']:.3f} ({100 * (after['success'] - before['success']):+.1f} points)")
+            hold_for_export(recipe.output.metrics_flush_s, bool(recipe.cluster.address) or recipe.cluster.dashboard)
             served = ray.get(driver.sync.served_versions.remote())
             summary = RunSummary(True, recipe.train.steps, log.evals, asdict(driver.counters), str(run_dir),
                                  time.time() - t0, dict(driver.versions), served)

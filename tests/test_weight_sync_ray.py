@@ -207,10 +207,11 @@ def test_metrics_are_accepted_by_ray(ray_session):
 
     sink = RaySink()
     m = DuetMetrics(sink)
+    m.reward(0.5), m.success_rate(0.25), m.tokens_per_s(80.0)
     for role in ("policy", "observer"):
-        m.reward(role, 0.5), m.success_rate(role, 0.25), m.kl(role, 0.01), m.entropy(role, 1.2)
-        m.adapter_version(role, 3), m.staleness(role, 1.0), m.sync_latency(role, 0.3), m.tokens_per_s(role, 80.0)
-    m.queue_depth("episodes", 4), m.episodes_produced(16), m.episodes_dropped("stale", 2)
+        m.kl_ref(role, 0.01), m.approx_kl(role, 0.002), m.entropy(role, 1.2)
+        m.adapter_version(role, 3), m.staleness(role, 1.0), m.sync_latency(role, 0.3)
+    m.queue_depth("in_flight", 4), m.episodes_produced(16), m.episodes_dropped("stale", 2)
     kinds = {"gauge": Gauge, "counter": Counter, "histogram": Histogram}
     assert set(sink._objects) == set(SPECS)
     assert all(isinstance(sink._objects[n], kinds[s.kind]) for n, s in SPECS.items())
