@@ -52,6 +52,20 @@ def _draw(panels: list[Panel], out: Path) -> list[Figure]:
     return figs
 
 
+def _rows(metrics: Path, tries: int = 3) -> list:
+    """The metrics rows; a file caught mid-write by a running ``duet train`` is read again."""
+    import pyarrow as pa
+
+    for attempt in range(tries):
+        try:
+            return read_rows(metrics)
+        except (pa.ArrowInvalid, OSError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5)
+    return []
+
+
 def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
     """Draw the report of ``run_dir`` into ``out_dir`` (default ``run_dir/report``); returns the
     path of ``index.html``. Raises :class:`NoMetrics` when there is no ``metrics.parquet``."""
@@ -61,7 +75,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
         raise NoMetrics(f"{run}: no metrics.parquet (not a run directory, or the run has not written a step yet)")
     out = Path(out_dir) if out_dir is not None else run / "report"
     out.mkdir(parents=True, exist_ok=True)
-    rows = read_rows(metrics)
+    rows = _rows(metrics)
     evals = evaluations(rows)
     eval_figs, step_figs, sync_figs = (_draw(p, out) for p in (eval_panels(rows), step_panels(rows), sync_panels(rows)))
     keep = {f.filename for f in (*eval_figs, *step_figs, *sync_figs)}
