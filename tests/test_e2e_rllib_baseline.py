@@ -52,7 +52,8 @@ def test_budget_and_held_out_episode_count(run):
     out, proc = run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["env"] == "numberline" and summary["stopped_by"] == "env_steps"
-    assert 256 <= summary["env_steps"] < 256 + 128 and summary["iterations"] == math.ceil(summary["env_steps"] / 128)
+    # two iterations of ~128 sampled steps (RLlib may overshoot a batch by a step or two per env)
+    assert summary["iterations"] == 2 and 256 <= summary["env_steps"] <= 256 + 8
     assert summary["final"]["episodes"] == EVAL and summary["initial"]["episodes"] == EVAL
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     assert last["held_out_success"] == summary["final"]["success"] and last["episodes"] == EVAL
