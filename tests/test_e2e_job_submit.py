@@ -16,6 +16,14 @@ Hand-worked expectations (recipe ``smoke``: 4 tasks x group 2 = 8 episodes per s
          checkpoint at step 2;
   job 2: resumes at step 2, publishes the checkpoint's adapter as v4, steps 3-4 (v5, v6),
          16 + 16 = 32 episodes in the counters.
+
+Metrics: the block's ``ray start`` exports Prometheus metrics on port 8080; a poller reads
+http://127.0.0.1:8080/metrics every second while the block runs (each job's driver holds one report
+interval before it stops, ``output.metrics_flush_s``, so its last values are exported). Every metric
+of ``cluster.metrics.SPECS`` must show except the two the smoke recipe cannot emit (``duet_kl_ref``:
+no KL term; ``duet_episodes_dropped``: nothing is stale in sync mode; both are checked by
+tests/test_e2e_local_dashboard.py), and each per-step gauge's last value equals the last value of its
+row in metrics.parquet (job 2's step 4 and its syncs).
 """
 
 import json
@@ -35,12 +43,17 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.metrics import SPECS, exported_names
+from prometheus_poll import Poller, gauge_mismatches, last_values, names_seen, parquet_last
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "<!-- cluster-commands"
 DASHBOARD = "http://127.0.0.1:8265"
-PORTS = (6379, 8265)
+PORTS = (6379, 8265, 8080)
+METRICS = "http://127.0.0.1:8080/metrics"  # the block's --metrics-export-port
+NOT_IN_SMOKE = {"duet_kl_ref", "duet_episodes_dropped"}  # no KL term; nothing stale in sync mode
 
 
 def readme_block() -> str:
@@ -87,10 +100,11 @@ def stop_head(private: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def readme_run():
+def readme_session():
     taken = [p for p in PORTS if port_taken(p)]
     if taken:
-        pytest.fail(f"ports {taken} are in use: the README's commands start a head on Ray's default ports")
+        pytest.fail(f"ports {taken} are in use: the README's commands start a head on Ray's default ports "
+                    f"and metrics port 8080")
     private = tempfile.mkdtemp(prefix="duet-job-", dir="/tmp")  # short: unix socket paths < 108 bytes
     home, runs = Path(private) / "home", Path(private) / "runs"
     home.mkdir()
@@ -98,9 +112,13 @@ def readme_run():
     env |= {"HOME": str(home), "RAY_TMPDIR": private, "DUET_RUNS": str(runs), "RAY_USAGE_STATS_ENABLED": "0",
             "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
                                                    str(Path.home() / ".cache" / "torch_extensions"))}
+    poller = Poller(METRICS, period_s=1.0, token_file=home / ".ray" / "auth_token")
     try:
+        poller.start()
         block = subprocess.run(["bash", "-e", "-c", readme_block()], cwd=ROOT, env=env, capture_output=True,
                                text=True, timeout=1200)
+        poller.stop()
+        after = poller.scrape()  # once more after both jobs ended: what persists on the head
         token = (home / ".ray" / "auth_token").read_text().strip() if (home / ".ray" / "auth_token").is_file() else ""
         statuses = {
             "none": http_status(f"{DASHBOARD}/api/jobs/", {}),
@@ -114,10 +132,23 @@ def readme_run():
             client = JobSubmissionClient(DASHBOARD, headers={"Authorization": f"Bearer {token}"})
             jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0)
             jobs = [(j, client.get_job_logs(j.submission_id)) for j in jobs]
-        yield block, statuses, jobs, runs / "smoke"
+        yield (block, statuses, jobs, runs / "smoke"), (poller.pages, after)
     finally:
+        poller.stop()
         stop_head(private)
         shutil.rmtree(private, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def readme_run(readme_session):
+    """(block's completed process, dashboard statuses, [(job, logs)], run directory)."""
+    return readme_session[0]
+
+
+@pytest.fixture(scope="module")
+def scraped(readme_session):
+    """(pages read while the block ran, the samples of one read after it ended)."""
+    return readme_session[1]
 
 
 def summary_of(logs: str) -> dict:
@@ -183,3 +214,35 @@ def test_every_file_of_the_run_is_in_its_one_directory(readme_run):
     assert sorted(p.name.split("-")[0] for p in (node_dir / "policy").iterdir())[-1] == "v6"
     transcripts = sorted(p.name for p in (run_dir / "transcripts").iterdir())
     assert "step_00003.txt" in transcripts and "eval_after_rl.txt" in transcripts
+
+
+def test_every_metric_the_run_emits_reaches_the_heads_prometheus(readme_run, scraped):
+    pages, _ = scraped
+    assert pages, "the head's metrics endpoint (--metrics-export-port=8080) never answered"
+    wanted = {n for name, spec in SPECS.items() if name not in NOT_IN_SMOKE for n in exported_names(spec)}
+    assert sorted(wanted - names_seen(pages)) == []
+
+
+def test_per_step_gauges_end_at_the_values_of_metrics_parquet(readme_run, scraped):
+    pages, _ = scraped
+    _, _, _, run_dir = readme_run
+    last, rows = last_values(pages), parquet_last(run_dir)
+    assert gauge_mismatches(last, rows) == []
+    # hand-worked: job 2 ends at adapter v6, sync mode (nothing in flight, no staleness), 4 tasks x 2
+    assert last[("ray_duet_adapter_version", (("role", "policy"),))] == 6.0
+    assert last[("ray_duet_queue_depth", (("queue", "in_flight"),))] == 0.0
+    assert last[("ray_duet_staleness", (("role", "policy"),))] == 0.0
+    assert last[("ray_duet_reward", ())] == rows[("rollout", "reward")]
+    assert last[("ray_duet_entropy", (("role", "policy"),))] == rows[("learner/policy", "policy/entropy")] > 0
+
+
+def test_counters_and_the_sync_histogram_add_up_over_both_jobs(readme_run, scraped):
+    pages, after = scraped
+    last = last_values(pages)
+    # each job's driver counts the episodes it collected: 16 + 16, as the summary's counters
+    assert last[("ray_duet_episodes_produced_total", ())] == 32.0
+    # every sync of both jobs' weight-sync services is one observation: v1..v6
+    assert last[("ray_duet_sync_latency_s_count", (("role", "policy"),))] == 6.0
+    # after the jobs ended, counters and histograms stay on the head (cumulative); gauges age out
+    persisted = last_values([(0.0, after or [])])
+    assert persisted[("ray_duet_episodes_produced_total", ())] == 32.0

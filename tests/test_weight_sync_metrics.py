@@ -165,3 +165,20 @@ def test_ray_sink_skips_zero_counter_increments():
     m.episodes_dropped("stale", 8)
     m.queue_depth("in_flight", 0)  # a gauge at 0 is a value
     assert calls == [("inc", 8.0, {"reason": "stale"}), ("set", 0.0, {"queue": "in_flight"})]
+
+
+def test_last_values_of_polled_pages():
+    # the e2e tests' helper: counters summed over processes, a gauge's newest process wins
+    from prometheus_poll import gauge_mismatches, last_values
+
+    a, b = {"WorkerId": "a", "role": "policy", "SessionName": "s"}, {"WorkerId": "b", "role": "policy"}
+    pages = [(0.0, [Sample("ray_duet_adapter_version", a, 3.0), Sample("ray_duet_episodes_produced_total", a, 16)]),
+             (1.0, [Sample("ray_duet_adapter_version", a, 3.0), Sample("ray_duet_adapter_version", b, 4.0),
+                    Sample("ray_duet_episodes_produced_total", a, 16), Sample("ray_duet_episodes_produced_total", b, 8)]),
+             (2.0, [Sample("ray_duet_adapter_version", b, 6.0)])]
+    last = last_values(pages)
+    assert last == {("ray_duet_adapter_version", (("role", "policy"),)): 6.0,
+                    ("ray_duet_episodes_produced_total", ()): 24.0}  # Ray's labels and undeclared tags dropped
+    assert gauge_mismatches(last, {("sync/policy", "version"): 6.0}) == []
+    assert gauge_mismatches(last, {("sync/policy", "version"): 5.0}) == [
+        (("ray_duet_adapter_version", (("role", "policy"),)), 6.0, 5.0)]
