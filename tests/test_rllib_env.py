@@ -18,30 +18,38 @@ pytestmark = pytest.mark.unit
 SEEDS = (0, 7, 10**9 + 3)
 
 
-def _resized(image: np.ndarray, size: int) -> np.ndarray:
+BACKGROUNDS = {"numberline": (255, 255, 255), "ezpoints": (0x35, 0x65, 0x4D), "points24": (0x35, 0x65, 0x4D),
+               "blackjack": (0x35, 0x65, 0x4D)}
+
+
+def _resized(image: np.ndarray, size: int, background=None) -> np.ndarray:
     """The documented observation, computed here from the project's own picture."""
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    small = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32)
+    return (small if background is None else np.abs(small - np.float32(background))) / 255.0
 
 
 @pytest.mark.parametrize("name", sorted(ENVS))
-@pytest.mark.parametrize("obs_size", [84, 64])
-def test_pixel_env_equals_project_env_step_for_step(name, obs_size):
+@pytest.mark.parametrize("obs_size,subtract", [(84, False), (64, False), (84, True)])
+def test_pixel_env_equals_project_env_step_for_step(name, obs_size, subtract):
+    bg = BACKGROUNDS[name] if subtract else None
     for seed in SEEDS:
         ref = make_env(name, image_size=300)
-        env = PixelCardsEnv({"env": name, "obs_size": obs_size})
+        env = PixelCardsEnv({"env": name, "obs_size": obs_size, "subtract_background": subtract})
         assert env.actions == ref.ACTIONS and env.action_space.n == len(ref.ACTIONS)
         ref_obs, ref_info = ref.reset(seed=seed)
         obs, info = env.reset(seed=seed)
         assert obs.shape == (obs_size, obs_size, 3) and obs.dtype == np.float32
         assert env.observation_space.contains(obs)
-        np.testing.assert_array_equal(obs, _resized(ref_obs, obs_size))
+        np.testing.assert_array_equal(obs, _resized(ref_obs, obs_size, bg))
         assert info == ref_info
+        if subtract:
+            assert obs[0, 0].tolist() == [0.0, 0.0, 0.0]  # the corner is plain background
         rng, done, steps = np.random.default_rng(seed), False, 0
         while not done:
             a = int(rng.integers(len(ref.ACTIONS)))
             r_obs, r_rew, r_term, r_trunc, r_info = ref.step(a)
             o, rew, term, trunc, inf = env.step(a)
-            np.testing.assert_array_equal(o, _resized(r_obs, obs_size))
+            np.testing.assert_array_equal(o, _resized(r_obs, obs_size, bg))
             assert (rew, term, trunc, inf) == (r_rew, r_term, r_trunc, r_info)
             done, steps = term or trunc, steps + 1
         assert steps <= ref.max_steps

@@ -39,6 +39,9 @@ class EnvSection(_Config):
     max_steps: int | None = Field(None, ge=1)
     """Step cap (truncation); None keeps the environment's own (NumberLine 10, EZPoints 10,
     Points24 40, Blackjack 30)."""
+    subtract_background: bool = True
+    """CNN input = |pixel - the env's background colour| / 255 (background 0, drawing > 0) instead
+    of pixel / 255: the same picture, with the constant background taken out."""
 
 
 class TrainSection(_Config):
@@ -177,7 +180,8 @@ class BaselineConfig(_Config):
     def env_config(self) -> dict[str, Any]:
         """The ``rollout.envs.rllib_env.PixelCardsEnv`` config of this run."""
         e = self.env
-        return {"env": e.name, "obs_size": e.obs_size, "render_size": e.render_size, "max_steps": e.max_steps}
+        return {"env": e.name, "obs_size": e.obs_size, "render_size": e.render_size, "max_steps": e.max_steps,
+                "subtract_background": e.subtract_background}
 
 
 def held_out_seeds(seed: int, n: int) -> list[int]:
