@@ -223,3 +223,14 @@ def test_report_modules_import_no_heavy_or_plotting_framework_until_drawing():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == ""
+
+
+def test_a_run_with_only_events_still_draws_a_page(tmp_path):
+    from cluster.report import write_report
+
+    log = RunLog(tmp_path, 0, print_lines=False)
+    log.event("run started: nothing else yet")
+    log.flush()
+    page = write_report(tmp_path).read_text()
+    assert "<img " not in page and not list((tmp_path / "report").glob("*.png"))
+    assert "run started: nothing else yet" in page and "Transcripts" not in page
