@@ -134,6 +134,16 @@ def test_shipped_recipe_loads_and_bad_fields_are_named(tmp_path):
 
 def test_baseline_light_modules_import_no_ray():
     code = ("import sys\nimport deploy.baselines.config, deploy.baselines.evaluate, deploy.baselines.report, "
+            "deploy.baselines.train, deploy.baselines.__main__, "
             "rollout.envs.rllib_env\nprint(','.join(m for m in ('ray', 'vllm', 'deepspeed') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_ray_address_local_by_default_and_joins_the_cluster_under_ray_job_submit():
+    from deploy.baselines.train import ray_address
+
+    cfg = load_config()
+    assert ray_address(cfg, {}) == "local"
+    assert ray_address(cfg, {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}) == "auto"
+    assert ray_address(load_config(overrides=("cluster.address=ray://head:10001",)), {}) == "ray://head:10001"
