@@ -125,6 +125,7 @@ def sft_warm_start(driver: Driver, train_items: Sequence[Any]) -> None:
 
 def _sft_role(driver: Driver, role: str, examples: list, sft) -> None:
     group = driver.learners[role]
+    driver.log.sft_begin(role, sft.steps)
     for step in range(sft.steps):
         k = (step * sft.batch_size) % len(examples)
         batch = (examples + examples)[k: k + sft.batch_size]

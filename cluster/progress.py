@@ -153,10 +153,12 @@ class RunLog:
         if step + 1 >= self.total_steps:
             self.display.end()
 
+    def sft_begin(self, role: str, total: int) -> None:
+        """``role``'s SFT stage of ``total`` steps begins (its bar, on a terminal)."""
+        self.display.begin(f"SFT {role}", total)
+
     def sft_step(self, role: str, step: int, total: int, loss: float) -> None:
         """SFT step ``step`` (0-based) of ``total`` done: a line every 10 steps and the last, a bar on a terminal."""
-        if step == 0:
-            self.display.begin(f"SFT {role}", total)
         self.display.advance(step + 1, f"loss {loss:.4f}")
         if step % 10 == 0 or step + 1 == total:
             self.say(f"[sft] {role} step {step + 1:>4}/{total} loss {loss:.4f}")

@@ -17,8 +17,10 @@ W&B's one history row per step keeps the later (v2).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,15 +62,22 @@ def _batch(rewards: list[float]) -> EpisodeBatch:
                                       reward_components={"exact_match": r}) for i, r in enumerate(rewards)))
 
 
-def drive(run_dir: Path, loggers=TRACKERS, fail: bool = False) -> None:
-    """The hand-made run of the module docstring."""
+def drive(run_dir: Path, loggers=TRACKERS, fail: bool = False, print_lines: bool = False,
+          sft_steps: int = 0, pause_s: float = 0.0) -> None:
+    """The hand-made run of the module docstring (with ``sft_steps``: an SFT stage after "base";
+    ``pause_s``: seconds each SFT and RL step takes, for the progress bar's pace)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(json.dumps({"name": "trial", "seed": 7}))
-    log = RunLog(run_dir, 0, print_lines=False, loggers=loggers)
+    log = RunLog(run_dir, 0, print_lines=print_lines, loggers=loggers)
     log.sync(FakeSync("policy", 1, 0.25, ("w0",), 1e-6))
     log.evaluation("base", {"episodes": 2.0, "reward": 0.5, "success": 0.5}, _batch([0.0, 1.0]))
+    log.sft_begin("policy", sft_steps)
+    for step in range(sft_steps):
+        time.sleep(pause_s)
+        log.sft_step("policy", step, sft_steps, 0.5 / (step + 1))
     log.begin_steps(0, 2)
     for step in range(2):
+        time.sleep(pause_s)
         report = FakeSync("policy", step + 2, 0.5 + step, ("w0", "w1"), 2e-6 * (step + 1))
         log.sync(report)
         updates = {"policy": {"loss/policy": -0.125 * (step + 1), "kl/ref": 0.01 * step, "policy/entropy": 1.5}}
@@ -273,3 +282,43 @@ def test_trackers_are_imported_only_when_selected():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"  # a recipe naming them loads without importing any
+
+
+CONSOLE_RUN = """
+import sys
+sys.path.insert(0, "tests")
+from pathlib import Path
+from test_loggers import drive
+drive(Path(sys.argv[1]), ["console"], print_lines=True, sft_steps=12, pause_s=0.15)
+"""
+# the lines of that run, as a job log has them (hand-written: the formats of cluster.progress)
+CONSOLE_LINES = [
+    "[eval] base       success 0.500  reward +0.500  (2 held-out episodes)",
+    "[sft] policy step    1/12 loss 0.5000",
+    "[sft] policy step   11/12 loss 0.0455",
+    "[sft] policy step   12/12 loss 0.0417",
+    "step    1 | reward +0.500 | success 0.50 | policy: loss -0.1250 ent 1.500 kl 0.0000 | sync policy v2 0.50s 2 proven | 1.0s",
+    "step    2 | reward +0.750 | success 0.75 | policy: loss -0.2500 ent 1.500 kl 0.0100 | sync policy v3 1.50s 2 proven | 2.0s",
+    "[eval] after_rl   success 1.000  reward +1.000  (2 held-out episodes)",
+]
+
+
+def test_console_lines_through_a_pipe_are_exactly_the_job_log_lines(tmp_path):
+    out = subprocess.run([sys.executable, "-c", CONSOLE_RUN, str(tmp_path / "run")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == CONSOLE_LINES
+
+
+def test_console_on_a_terminal_adds_sft_and_rl_bars(tmp_path):
+    from test_console import plain, run_in_pty
+
+    rc, raw = run_in_pty([sys.executable, "-c", CONSOLE_RUN, str(tmp_path / "run")], timeout=120)
+    text = plain(raw)
+    assert rc == 0, text
+    for line in CONSOLE_LINES:
+        assert line in text, line
+    assert re.search(r"SFT policy .*\b12/12\b", text) and re.search(r"RL steps .*\b2/2\b", text)
+    # SFT at ~0.15 s a step: after step 1 of 12 the ETA is 11 x its pace (0:00:02 unloaded, counting down)
+    assert re.search(r"SFT policy .* 1/12 \d:\d\d:\d\d ETA 0:00:0[1-9]", text), text
+    assert re.search(r"RL steps .*\b1/2 \d:\d\d:\d\d ETA 0:00:0[0-9] reward \+0\.500 success 0\.50", text), text
