@@ -56,7 +56,7 @@ def test_train_draws_the_report_at_its_end(run):
     run_dir, train, _ = run
     assert "report not drawn" not in train.stderr
     page = (run_dir / "report" / "index.html").read_text()
-    assert '"completed": true' in page  # drawn after summary.json was written, i.e. at the very end
+    assert "&quot;completed&quot;: true" in page  # drawn after summary.json was written, i.e. at the very end
     assert "Held-out success" in page and (run_dir / "report" / "held_out_success.png").is_file()
 
 
