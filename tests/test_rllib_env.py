@@ -147,3 +147,13 @@ def test_ray_address_local_by_default_and_joins_the_cluster_under_ray_job_submit
     assert ray_address(cfg, {}) == "local"
     assert ray_address(cfg, {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}) == "auto"
     assert ray_address(load_config(overrides=("cluster.address=ray://head:10001",)), {}) == "ray://head:10001"
+
+
+def test_relative_run_directory_is_refused_under_ray_job_submit():
+    from deploy.baselines.train import check_output_dir
+
+    job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}
+    with pytest.raises(ValueError, match="output_dir: 'runs/"):
+        check_output_dir(load_config(), job)
+    check_output_dir(load_config(overrides=("output_dir=/shared/runs/{name}_{env}_s{seed}",)), job)
+    check_output_dir(load_config(), {})

@@ -79,9 +79,12 @@ def _results_dir(cfg: BaselineConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from deploy.baselines.train import check_output_dir
+
     try:
         cfg = load_config(args.recipe, tuple(args.overrides))
-    except ConfigError as err:
+        check_output_dir(cfg)
+    except (ConfigError, ValueError) as err:
         print(err, file=sys.stderr)
         return 2
     if args.plot_only:

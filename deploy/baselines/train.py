@@ -61,6 +61,15 @@ def ray_address(cfg: BaselineConfig, environ: dict[str, str] | None = None) -> s
     return "auto" if JOB_ENV_VAR in env else "local"
 
 
+def check_output_dir(cfg: BaselineConfig, environ: dict[str, str] | None = None) -> None:
+    """Under ``ray job submit`` the job runs in a temporary copy of its working dir, so a relative
+    run directory would vanish with it: refuse it (as ``duet train`` does), naming the field."""
+    env = os.environ if environ is None else environ
+    if JOB_ENV_VAR in env and not Path(cfg.output_dir).is_absolute():
+        raise ValueError(f"output_dir: {cfg.output_dir!r} is relative; under ray job submit give an absolute "
+                         "directory every node sees (e.g. --set output_dir=$DUET_RUNS/{name}_{env}_s{seed})")
+
+
 def on_episode_end(*, episode, metrics_logger, **_: Any) -> None:
     """RLlib callback: each training episode's ``info["success"]`` into the ``success`` mean."""
     metrics_logger.log_value("success", float(bool(episode.get_infos(-1)["success"])), reduce="mean", window=200)
@@ -143,6 +152,7 @@ def run_baseline(cfg: BaselineConfig, log=print) -> BaselineResult:
     import ray
 
     t0 = time.time()
+    check_output_dir(cfg)
     run_dir = cfg.run_dir().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(cfg.model_dump_json(indent=2) + "\n")
