@@ -3,7 +3,7 @@
     python -m deploy.baselines [RECIPE.toml] [--set a.b=v ...]            one run (recipe's env and seed)
     python -m deploy.baselines [RECIPE.toml] --table [--set ...]          every env x seed of [benchmark],
                                                                           then the results table and plot
-    python -m deploy.baselines --plot-only                                redraw the PNG from the table's JSON
+    python -m deploy.baselines --redraw                                   rewrite the table's .md and .png from its .json
 
 Exit status: 0 done, 2 a bad recipe (the message names the dotted field).
 """
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set env.name=blackjack (repeatable)")
     p.add_argument("--table", action="store_true", help="run the [benchmark] grid and write the results table")
-    p.add_argument("--plot-only", action="store_true", help="redraw cnn_baseline.png from cnn_baseline.json")
+    p.add_argument("--redraw", action="store_true", help="rewrite cnn_baseline.md and .png from cnn_baseline.json")
     return p
 
 
@@ -87,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as err:
         print(err, file=sys.stderr)
         return 2
-    if args.plot_only:
-        from deploy.baselines.report import plot_curves
+    if args.redraw:
+        from deploy.baselines.report import write_results
 
         d = _results_dir(cfg)
-        plot_curves(json.loads((d / "cnn_baseline.json").read_text()), d / "cnn_baseline.png")
-        print(d / "cnn_baseline.png")
+        for path in write_results(json.loads((d / "cnn_baseline.json").read_text()), d):
+            print(f"[baseline] wrote {path}")
         return 0
     if args.table:
         for path in run_table(cfg):
