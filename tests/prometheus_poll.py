@@ -27,7 +27,7 @@ class Poller(threading.Thread):
         self.url, self.period_s, self.token_file = url, period_s, token_file
         self.pages: list[tuple[float, list[Sample]]] = []
         self.errors = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def scrape(self) -> list[Sample] | None:
         headers = {}
@@ -44,12 +44,12 @@ class Poller(threading.Thread):
         return samples
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.scrape()
-            self._stop.wait(self.period_s)
+            self._halt.wait(self.period_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         if self.is_alive():
             self.join(timeout=10)
 

@@ -87,10 +87,26 @@ def names_dir(p: psutil.Process, private: str) -> bool:
         return False
 
 
-def stop_head(private: str) -> None:
-    """SIGTERM, then SIGKILL, every process of this test's head (found by its private dir)."""
+def listeners(since: float) -> set[int]:
+    """Processes started after ``since`` that listen on the head's ports (the ports were free then, so
+    this head's: Ray's dashboard agent retitles itself and may hide its environment from psutil)."""
+    pids = set()
+    for c in psutil.net_connections(kind="tcp"):
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in PORTS and c.pid:
+            try:
+                if psutil.Process(c.pid).create_time() >= since:
+                    pids.add(c.pid)
+            except psutil.Error:
+                pass
+    return pids
+
+
+def stop_head(private: str, since: float) -> None:
+    """SIGTERM, then SIGKILL, every process of this test's head (found by its private dir or its ports)."""
     for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        procs = [p for p in psutil.process_iter() if p.pid != os.getpid() and names_dir(p, private)]
+        ports = listeners(since)
+        procs = [p for p in psutil.process_iter()
+                 if p.pid != os.getpid() and (names_dir(p, private) or p.pid in ports)]
         for p in procs:
             try:
                 p.send_signal(sig)
@@ -105,6 +121,7 @@ def readme_session():
     if taken:
         pytest.fail(f"ports {taken} are in use: the README's commands start a head on Ray's default ports "
                     f"and metrics port 8080")
+    since = time.time()
     private = tempfile.mkdtemp(prefix="duet-job-", dir="/tmp")  # short: unix socket paths < 108 bytes
     home, runs = Path(private) / "home", Path(private) / "runs"
     home.mkdir()
@@ -135,7 +152,7 @@ def readme_session():
         yield (block, statuses, jobs, runs / "smoke"), (poller.pages, after)
     finally:
         poller.stop()
-        stop_head(private)
+        stop_head(private, since)
         shutil.rmtree(private, ignore_errors=True)
 
 
