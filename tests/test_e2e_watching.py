@@ -73,7 +73,8 @@ def test_terminal_run_draws_sft_and_rl_bars_with_eta(tmp_path, models_dir):
     text = plain(raw)
     assert rc == 0, text[-4000:]
     lines = text.splitlines()
-    assert any(ln.startswith("[sft] policy step    3/3 loss ") for ln in lines), text[-4000:]
+    # a line printed under a live bar follows the bar's last frame once escape codes are stripped
+    assert "[sft] policy step    3/3 loss " in text, text[-4000:]
     assert any(STEP_LINE.match(ln[ln.find("step "):]) for ln in lines if "step    2 | reward" in ln)
     assert re.search(r"SFT policy .*\b3/3\b", text) and re.search(r"RL steps .*\b2/2\b", text)
     # after RL step 1 of 2 the pace is known: an ETA in H:MM:SS

@@ -17,6 +17,7 @@ W&B's one history row per step keeps the later (v2).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -130,6 +131,7 @@ def mlflow_runs(run_dir: Path) -> tuple:
 
     from cluster.loggers.mlflow import tracking_uri
 
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.17 reads its file store only so
     client = MlflowClient(tracking_uri=tracking_uri(run_dir))
     return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
 
