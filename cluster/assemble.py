@@ -28,7 +28,7 @@ from cluster.storage import StorageError, check_shared
 from cluster.rollout_factory import RolloutWorkerFactory
 from cluster.tp_placement import rollout_groups, worker_actor_resources, worker_parallelism, worker_slot
 from cluster.weight_sync import Probe
-from cluster.sft_data import dialogue_sft_examples, sft_examples
+from cluster.sft_data import sft_examples_for
 
 PROBE = Probe(prompt_ids=(1, 20, 30, 40, 50, 60), target_ids=(70, 80, 90, 100))
 """Fixed sync probe: small token ids, valid in every built-in tokenizer (all have > 1000 tokens)."""
@@ -110,14 +110,7 @@ def sft_warm_start(driver: Driver, train_items: Sequence[Any]) -> None:
     reference answers; dialogue: the Observer on reference captions, the Reasoner on answers from
     them), then publish the results."""
     recipe, sft = driver.recipe, driver.recipe.train.sft
-    items = train_items[: sft.num_examples]
-    if recipe.rollout.kind == "single_turn":
-        examples = {"policy": sft_examples(recipe, items)}
-    elif recipe.rollout.kind == "dialogue":
-        examples = dialogue_sft_examples(recipe, items)
-    else:
-        raise ValueError("train.sft: the built-in warm start covers single_turn and dialogue recipes; "
-                         "use learner.sft with your own transcripts for environments")
+    examples = sft_examples_for(recipe, train_items[: sft.num_examples])
     for role in recipe.trainable_roles:
         _sft_role(driver, role, examples[role], sft)
         driver.publish(role)

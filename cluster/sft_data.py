@@ -59,3 +59,13 @@ def dialogue_sft_examples(recipe: Recipe, tasks: Sequence[Task]) -> dict[str, li
         reasoner.append(SFTExample(system(d.reasoner.system_prompt) + (
             ("user", first), ("assistant", reference_reply(t, d.answer.pattern)))))
     return {"observer": observer, "reasoner": reasoner}
+
+
+def sft_examples_for(recipe: Recipe, tasks: Sequence[Task]) -> dict[str, list[SFTExample]]:
+    """Role -> warm-start transcripts for ``recipe``'s rollout kind (the one entry point the run uses)."""
+    if recipe.rollout.kind == "single_turn":
+        return {"policy": sft_examples(recipe, tasks)}
+    if recipe.rollout.kind == "dialogue":
+        return dialogue_sft_examples(recipe, tasks)
+    raise ValueError("train.sft: the built-in warm start covers single_turn and dialogue recipes; "
+                     "use learner.sft with your own transcripts for environments")
