@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def bf16_run(tmp_path_factory, models_dir):
     run_dir = tmp_path_factory.mktemp("bf16") / "run"
-    sets = ["roles.policy.engine.dtype=bfloat16", "roles.policy.learner.dtype=bf16", f"output.dir={run_dir}"]
+    sets = ["roles.policy.engine.dtype=bfloat16", "roles.policy.learner.dtype=bf16", f"output.dir={run_dir}", "output.report=false"]
     env = {**os.environ, "DUET_MODELS": str(models_dir)}
     out = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "smoke", *(x for s in sets for x in ("--set", s))],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -54,7 +54,7 @@ def run(tmp_path_factory, models_dir):
     write_user_dataset(root / "data")
     run_dir = root / "run"
     sets = ['data.source="hf"', f"data.train={source_table(root / 'data' / 'train.jsonl')}",
-            f"data.eval={source_table(root / 'data' / 'eval.jsonl')}", "train.steps=1", f"output.dir={run_dir}"]
+            f"data.eval={source_table(root / 'data' / 'eval.jsonl')}", "train.steps=1", f"output.dir={run_dir}", "output.report=false"]
     env = {**os.environ, "DUET_MODELS": str(models_dir), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "smoke",
                              *[x for s in sets for x in ("--set", s)]],

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 def smoke(run_dir, address, *extra):
     sets = ("cluster.rollout_workers=2", "cluster.strategy='SPREAD'", "cluster.learner_ranks=2",
-            "cluster.learner_cpus=0.5", f"output.dir='{run_dir}'", f"cluster.address='{address}'", *extra)
+            "cluster.learner_cpus=0.5", f"output.dir='{run_dir}'", f"cluster.address='{address}'", "output.report=false", *extra)
     return load_recipe(recipe_path("smoke"), sets)
 
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(tmp_path: Path, recipe: str, *overrides: str) -> dict:
     args = [sys.executable, "-m", "cluster.cli", "train", recipe, "--set", f"output.dir={tmp_path}/{{name}}",
-            "--set", "data.eval_size=2", *[x for o in overrides for x in ("--set", o)]]
+            "--set", "data.eval_size=2", "--set", "output.report=false", *[x for o in overrides for x in ("--set", o)]]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
