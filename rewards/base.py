@@ -1,4 +1,7 @@
-"""Reward plugin interface: typed results, the :class:`Reward` protocol and one explicit registry.
+"""Reward plugin interface: specs, one explicit registry and the helpers the built-in rewards share.
+
+The protocol :class:`Reward` and its :class:`RewardResult` are defined in :mod:`rollout.types` and
+re-exported here (``from rewards.base import Reward, RewardResult`` keeps working).
 
 A reward is any object with a ``name`` and ``__call__(task, episode) -> RewardResult``. Rewards
 grade model output, so **bad output (empty, unparseable, huge, garbage text) is a score with a
@@ -13,42 +16,15 @@ A user's own reward needs no registration: :func:`build_reward` also accepts a d
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping
 
-from rollout.types import Episode, Task
+# Reward and RewardResult are defined in rollout.types, beside the Episode/Task they grade (so the
+# rollout side imports nothing from rewards/); re-exported here for plugins written against rewards.base.
+from rollout.types import Episode, Reward, RewardResult, Task
 
 DEFAULT_MAX_CHARS = 50_000
 """Outputs longer than this are scored 0 ("output too long") by the text rewards."""
-
-
-@dataclass(frozen=True)
-class RewardResult:
-    """One reward's verdict on one episode.
-
-    ``components`` maps every named part to its unweighted score (a leaf reward reports at least
-    ``{name: score}``; a composite reports all its children's). ``reason`` says why the score is
-    zero or partial because of the output (e.g. "no <answer> block"); empty for a full score.
-    """
-
-    score: float
-    components: Mapping[str, float] = field(default_factory=dict)
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.score):
-            raise ValueError(f"RewardResult.score: must be finite, got {self.score}")
-        object.__setattr__(self, "components", dict(self.components))
-
-
-@runtime_checkable
-class Reward(Protocol):
-    """A named, pure function of (task, episode). Must not raise on bad model output."""
-
-    name: str
-
-    def __call__(self, task: Task, episode: Episode) -> RewardResult: ...
 
 
 @dataclass(frozen=True)

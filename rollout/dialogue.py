@@ -39,7 +39,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from rewards.base import Reward
 from rollout.chat import ChatFormat
 from rollout.config import DialogueConfig, RoleConfig
 from rollout.engine.base import Engine, Request
@@ -56,7 +55,7 @@ from rollout.single_turn import (
     task_images,
     timed_generate,
 )
-from rollout.types import Episode, Task, Turn
+from rollout.types import Episode, Reward, Task, Turn
 
 _SPECIAL = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 

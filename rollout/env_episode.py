@@ -28,7 +28,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from rewards.base import Reward
 from rollout.chat import ChatFormat, expand_image_pads
 from rollout.config import EnvEpisodeConfig
 from rollout.engine.base import Completion, Engine, Request
@@ -43,7 +42,7 @@ from rollout.envs import (
 from rollout.envs.spans import CharSpan
 from rollout.episode_arrow import EpisodeBatch, image_hash
 from rollout.single_turn import derive_seed, episode_id, group_id, make_turn, score, timed_generate
-from rollout.types import Episode, Span, Task, Turn
+from rollout.types import Episode, Reward, Span, Task, Turn
 
 
 def encode_png(observation: np.ndarray) -> bytes:

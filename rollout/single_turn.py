@@ -20,12 +20,11 @@ import hashlib
 import time
 from typing import Sequence
 
-from rewards.base import Reward
 from rollout.chat import ChatFormat
 from rollout.config import AnswerFormat, RoleConfig, SingleTurnConfig
 from rollout.engine.base import Completion, Engine, Request
 from rollout.episode_arrow import EpisodeBatch, image_hash
-from rollout.types import Episode, Task, Turn
+from rollout.types import Episode, Reward, Task, Turn
 
 # ----------------------------------------------------------------------------- shared helpers
 

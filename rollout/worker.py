@@ -25,7 +25,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from rewards.base import Reward
 from rollout.config import RolloutConfig
 from rollout.dialogue import run_dialogues
 from rollout.engine.base import AdapterRef, Engine
@@ -33,7 +32,7 @@ from rollout.env_episode import run_env_episodes
 from rollout.episode_arrow import EpisodeBatch
 from rollout.single_turn import sample_groups
 from rollout.transcript import with_transcript
-from rollout.types import Task
+from rollout.types import Reward, Task
 
 
 class StaleAdapterError(RuntimeError):

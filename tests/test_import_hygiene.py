@@ -1,8 +1,10 @@
 """The light modules (types, math, rewards, configs, envs, tasks, pure driver pieces) import no Ray,
 vLLM or DeepSpeed: checked in a fresh interpreter, so the unit tier stays fast and honest."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,41 @@ def test_light_modules_do_not_import_heavy_frameworks():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# Layer directions (issue 11): the rollout side defines the types rewards grade (rollout.types.Reward,
+# RewardResult), so it never imports rewards/; the cluster receives resolved model paths, so it never
+# imports deploy/ (where models are built). Checked statically, every import statement, nested or not.
+FORBIDDEN = [("rollout", "rewards"), ("cluster", "deploy")]
+
+
+def _imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every ``import`` / ``from ... import`` in a file."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def _violations(package: str, forbidden: str) -> list[str]:
+    root = Path(__file__).resolve().parents[1]
+    return [
+        f"{path.relative_to(root)}:{line} imports {mod}"
+        for path in sorted((root / package).rglob("*.py"))
+        for line, mod in _imported_modules(path)
+        if mod == forbidden or mod.startswith(forbidden + ".")
+    ]
+
+
+@pytest.mark.parametrize(("package", "forbidden"), FORBIDDEN)
+def test_no_import_runs_the_wrong_way(package, forbidden):
+    assert _violations(package, forbidden) == []
+
+
+def test_the_direction_check_sees_nested_imports(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import os\ndef f():\n    from deploy.offline_models import resolve_model\n")
+    assert _imported_modules(src) == [(1, "os"), (3, "deploy.offline_models")]

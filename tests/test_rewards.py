@@ -237,3 +237,21 @@ def test_composite_of_every_fast_reward_survives_bad_output(garbage):
     reward = build_reward({"name": "weighted_sum", "kwargs": {"terms": FAST_REWARDS}})
     res = reward(CRYPTO_TASK, make_episode(garbage, answer=garbage))
     assert res.score <= 0.0 and set(FAST_REWARDS) <= set(res.components) and res.reason
+
+
+def test_reward_types_live_in_rollout_types_and_rewards_base_reexports_them():
+    import rewards.base
+    import rollout.types
+
+    assert rewards.base.Reward is rollout.types.Reward
+    assert rewards.base.RewardResult is rollout.types.RewardResult is RewardResult
+    assert isinstance(ExactMatchLike(), rollout.types.Reward)
+
+
+class ExactMatchLike:
+    """A user plugin written against the protocol alone (no import of rewards/)."""
+
+    name = "like"
+
+    def __call__(self, task, episode):
+        return RewardResult(1.0, {"like": 1.0})
