@@ -3,14 +3,18 @@
 Nothing here holds logic the plain classes could hold: :class:`RolloutWorkerHost` builds a worker
 from a factory and forwards to it (and to :class:`cluster.weight_sync.AdapterHost` for syncs);
 :class:`RayTransport` is the Ray implementation of :class:`cluster.weight_sync.SyncTransport`
-(``ray.put`` once, one ``sync_adapter`` call per worker actor, ``ray.wait`` with a timeout).
+(``ray.put`` once, one ``sync_adapter`` call per worker actor, ``ray.wait`` with a timeout);
+:func:`store_artifact` is how the learner's rank 0 puts an adapter artifact into the object store.
 
 Restarts: rollout-worker actors are created with ``max_restarts`` (default: unlimited), so Ray
 re-runs the constructor on the same handle after the process dies; the rebuilt worker serves the
 base model only until :meth:`cluster.weight_sync.WeightSyncService.catch_up` loads the current
 adapters. Calls in flight when it died fail (``max_task_retries=0``: a rollout is not idempotent)
-and the sync report lists the worker as unreachable. The service actor is not restarted: the
-payload objects it put are owned by it and die with it; the driver recreates it and republishes.
+and the sync report lists the worker as unreachable. An artifact object is owned by the process
+that put it (the learner's rank 0, or the service for a record passed by value) and lives while
+that process does and someone holds its reference: the service keeps the latest one of each role
+for :meth:`~cluster.weight_sync.WeightSyncService.catch_up`. The service actor is not restarted;
+the driver recreates it and republishes.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from typing import Any, Callable, Mapping, Sequence
 import ray
 from ray.exceptions import GetTimeoutError, RayError
 
-from cluster.adapter_store import AdapterPayload
 from cluster.metrics import DuetMetrics, RaySink
-from cluster.weight_sync import AdapterHost, Probe, SyncAck, SyncFailure, SyncSite, WeightSyncService
+from cluster.weight_sync import (
+    AdapterHost, Probe, StoredArtifact, SyncAck, SyncFailure, SyncSite, WeightSyncService,
+)
+from rollout.adapter_artifact import AdapterArtifact
 
 NODE_PLACEHOLDER = "{node}"
 """Replaced in ``adapter_root`` by the first 12 hex digits of the node id (one directory per node
@@ -32,9 +38,8 @@ when the root is on a file system shared by several nodes)."""
 
 class RolloutWorkerHost:
     """Body of the rollout-worker actor. ``factory()`` builds the plain worker (engines included) in
-    the actor process, again after every restart: a :class:`rollout.worker.RolloutWorker` (synced
-    through its engines, see :class:`cluster.weight_sync.EngineScoredWorker`) or anything with
-    ``rollout`` and the :class:`cluster.weight_sync.Servable` methods."""
+    the actor process, again after every restart: a :class:`rollout.worker.RolloutWorker` or
+    anything with ``rollout`` and the :class:`cluster.weight_sync.Servable` methods."""
 
     def __init__(self, factory: Callable[[], Any], worker_id: str, adapter_root: str,
                  keep_versions: int = 3) -> None:
@@ -50,9 +55,9 @@ class RolloutWorkerHost:
         """Held-out evaluation (workers built by :mod:`cluster.rollout_factory` have it)."""
         return self.worker.evaluate(*args, **kwargs)
 
-    def sync_adapter(self, payload: AdapterPayload, probe: Probe) -> SyncAck:
-        """Ray resolves ``payload`` from the node's object store (fetched once per node)."""
-        return self.adapters.sync_adapter(payload, probe)
+    def sync_adapter(self, artifact: AdapterArtifact, probe: Probe) -> SyncAck:
+        """Ray resolves ``artifact`` from the node's object store (fetched once per node)."""
+        return self.adapters.sync_adapter(artifact, probe)
 
     def adapter_versions(self) -> dict[str, int]:
         return dict(self.worker.adapter_versions())
@@ -76,8 +81,8 @@ def _first_line(e: BaseException) -> str:
 class RayTransport:
     """:class:`cluster.weight_sync.SyncTransport` over rollout-worker actor handles."""
 
-    def put(self, payload: AdapterPayload) -> ray.ObjectRef:
-        return ray.put(payload)
+    def put(self, artifact: AdapterArtifact) -> ray.ObjectRef:
+        return ray.put(artifact)
 
     def fanout(self, workers: Mapping[str, Any], handle: ray.ObjectRef, probe: Probe,
                timeout_s: float) -> dict[str, SyncAck | SyncFailure]:
@@ -100,6 +105,12 @@ class RayTransport:
             return SyncFailure(worker_id, f"unreachable: {_first_line(e)}", "unreachable")
 
 
+def store_artifact(artifact: AdapterArtifact) -> StoredArtifact:
+    """Put ``artifact`` into the object store (owned by the calling process) and return its stored
+    form, small enough to travel by value to the driver and the sync service."""
+    return StoredArtifact.of(artifact, ray.put(artifact))
+
+
 def rollout_worker_actor(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = -1):
     """The rollout-worker actor class (``.options(scheduling_strategy=...).remote(factory, id, root)``)."""
     return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
@@ -110,8 +121,9 @@ def start_sync_service(probe: Probe, tolerance: float = 1e-4, timeout_s: float =
                        num_cpus: float = 0.0, **options: Any):
     """Start the weight-sync service actor (Ray transport, metrics exported through Ray).
 
-    The learner calls ``service.publish.remote(payload, expected_logprobs)``; Ray moves the
-    argument to the service once, whose single ``ray.put`` then feeds every worker node.
+    The driver calls ``service.publish.remote(stored, expected_logprobs, tolerance)`` with the
+    :class:`~cluster.weight_sync.StoredArtifact` the learner's rank 0 made (:func:`store_artifact`);
+    the service hands the same object reference to every worker.
     """
     cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(WeightSyncService)
     return cls.options(**options).remote(RayTransport(), probe, tolerance, timeout_s, DuetMetrics(RaySink()))

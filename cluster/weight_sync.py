@@ -2,20 +2,23 @@
 
 One sync of role R to version v::
 
-    learner --publish(payload, expected)--> WeightSyncService --transport.put(payload)--> handle
-    for every registered worker (in parallel, via the transport):
-        materialize to node-local disk -> engine.load_adapter -> engine.score(probe) -> SyncAck
+    learner rank 0 --store(artifact)--> object store --StoredArtifact--> driver
+    driver --publish(stored, expected)--> WeightSyncService
+    for every registered worker (in parallel, via the transport, same object-store handle):
+        verify + materialize to node-local disk -> load_adapter -> score(probe) -> SyncAck
     service: ack.version == v and |ack.probe_logprobs - expected| <= tol  =>  worker proven
     -> SyncReport(role, v, acks, latency_s, all_proven, failures)
 
-Cost with Ray (:class:`cluster.actors.RayTransport`): ``put`` is one ``ray.put``; the ObjectRef is
-then passed to every worker. Ray's object store is per node: the first worker on a node that needs
-the object pulls it from the owner's node, later workers on that node read the same local copy
-(shared memory), so bytes on the network grow with the number of *nodes*, not workers
-(``tests/test_weight_sync_ray.py`` measures it: syncing 4 workers on 2 nodes creates exactly
-2 x the object's size in the cluster's object stores, and ``ray.experimental.get_object_locations``
-lists each node once). Each worker still writes the files to its node's disk, but
-:func:`cluster.adapter_store.materialize` is idempotent: all workers of a node share one directory.
+The artifact (:class:`rollout.adapter_artifact.AdapterArtifact`) goes into the object store once,
+on the learner's rank 0; the driver and the service hold only its :class:`StoredArtifact` (identity
+and reference). ``publish`` also takes the record itself, which it puts into the transport first.
+Ray's object store is per node: the first worker on a node that needs the object pulls it from the
+owner's node, later workers on that node read the same local copy (shared memory), so bytes on the
+network grow with the number of *nodes*, not workers (``tests/test_weight_sync_ray.py`` measures
+it: syncing 4 workers on 2 nodes creates exactly 2 x the object's size in the cluster's object
+stores, and ``ray.experimental.get_object_locations`` lists each node once). Each worker still
+writes the files to its node's disk, but :func:`cluster.adapter_store.materialize` is idempotent:
+all workers of a node share one directory.
 
 The proof is end to end: the learner scores a fixed probe (token ids) with the adapter it exported
 and passes the log-probs with the publish; every worker scores the same probe with the version it now
@@ -26,8 +29,8 @@ bf16 spacing of 1/32), so a bf16 run gets a looser bound; each report keeps the 
 (``SyncReport.probe_gap``) so the margin is visible per sync.
 
 Reasoner and Observer (and "policy") are separate roles, each with its own version sequence; the
-service keeps the latest proven payload of each role so a new or restarted worker can be brought up
-to date with :meth:`WeightSyncService.catch_up`. Failures (refused payloads, probe disagreement,
+service keeps the handle of the latest proven artifact of each role so a new or restarted worker can be brought up
+to date with :meth:`WeightSyncService.catch_up`. Failures (refused artifacts, probe disagreement,
 stale versions, unreachable workers) are listed in the report, never dropped.
 
 This module is plain Python (no Ray): :class:`LocalTransport` runs everything in-process for unit
@@ -38,11 +41,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Generic, Literal, Mapping, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Callable, Generic, Literal, Mapping, Protocol, Sequence, TypeVar
 
-from cluster.adapter_store import AdapterPayload, gc_versions, materialize
+from cluster.adapter_store import gc_versions, materialize
 from cluster.metrics import DuetMetrics
-from rollout.engine.base import AdapterRef, Engine
+from rollout.adapter_artifact import AdapterArtifact
+from rollout.engine.base import AdapterRef
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class SyncAck:
     load_s: float
     """Seconds spent materializing and loading (0 if already served)."""
     error: str = ""
-    """Why the worker refused the payload ("" when it loaded it)."""
+    """Why the worker refused the artifact ("" when it loaded it)."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class SyncFailure:
     kind: Literal["unreachable", "timeout", "rejected", "stale", "probe", "no_answer"] = "rejected"
     """Machine-readable cause: "unreachable" means the worker process failed or died (Ray restarts
     it; the driver waits and syncs again), "timeout" that it did not answer in time, "rejected" that
-    it refused the payload, "stale" / "probe" that it answered but does not prove the version."""
+    it refused the artifact, "stale" / "probe" that it answered but does not prove the version."""
 
 
 @dataclass(frozen=True)
@@ -114,64 +118,39 @@ class SyncReport:
         return tuple(a.worker_id for a in self.acks if a.worker_id not in failed)
 
 
-@runtime_checkable
 class Servable(Protocol):
-    """What a worker must offer to be synced (an engine, or a worker that can score a probe)."""
+    """What a worker offers to be synced (:class:`rollout.worker.RolloutWorker`; an engine also fits)."""
 
     def load_adapter(self, ref: AdapterRef) -> None: ...
 
     def adapter_versions(self) -> Mapping[str, int]: ...
 
-    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int], adapter: str | None) -> list[float]: ...
+    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int], adapter: str) -> list[float]: ...
 
 
-class _RoleConfig(Protocol):
-    adapter: str | None
+@dataclass(frozen=True)
+class StoredArtifact:
+    """An adapter artifact already in the transport's store, by identity and handle.
 
+    Under Ray ``ref`` is an ObjectRef to the :class:`AdapterArtifact` (``cluster.actors.store_artifact``
+    on the learner's rank 0). Ray resolves only top-level arguments, so a ``StoredArtifact`` passed
+    to ``publish.remote`` arrives with its reference intact and the bytes go from the object store
+    straight to the workers, never through the driver or the service.
+    """
 
-class _RolesConfig(Protocol):
-    def roles(self) -> Mapping[str, _RoleConfig]: ...
+    role: str
+    """The artifact's adapter slot."""
+    version: int
+    """The artifact's version (>= 1)."""
+    sha256: str
+    """Hex sha256 of its weights."""
+    ref: object
+    """Transport handle of the artifact (a Ray ObjectRef, or the artifact itself in-process)."""
 
-
-class EngineWorker(Protocol):
-    """A worker that loads adapters itself and holds its engines by role, without ``score``
-    (:class:`rollout.worker.RolloutWorker`)."""
-
-    engines: Mapping[str, Engine]
-    config: _RolesConfig
-
-    def load_adapter(self, ref: AdapterRef) -> None: ...
-
-    def adapter_versions(self) -> Mapping[str, int]: ...
-
-
-class EngineScoredWorker:
-    """:class:`Servable` view of an :class:`EngineWorker`: loads through the worker, probes with
-    its engines. When several engines serve the adapter, the probe runs on the one serving the
-    oldest version (as ``RolloutWorker.adapter_versions`` reports the oldest), so a lagging engine
-    is what the service sees."""
-
-    def __init__(self, worker: EngineWorker) -> None:
-        self.worker = worker
-
-    def load_adapter(self, ref: AdapterRef) -> None:
-        self.worker.load_adapter(ref)
-
-    def adapter_versions(self) -> Mapping[str, int]:
-        return self.worker.adapter_versions()
-
-    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int], adapter: str | None) -> list[float]:
-        roles = self.worker.config.roles()
-        engines = [self.worker.engines[r] for r, cfg in roles.items() if cfg.adapter == adapter]
-        if not engines:
-            raise ValueError(f"no role of this worker uses adapter {adapter!r}")
-        oldest = min(engines, key=lambda e: e.adapter_versions().get(adapter or "", 0))
-        return oldest.score(prompt_ids, target_ids, adapter)
-
-
-def as_servable(worker: Servable | EngineWorker) -> Servable:
-    """``worker`` itself if it can score a probe, else an :class:`EngineScoredWorker` view of it."""
-    return worker if isinstance(worker, Servable) else EngineScoredWorker(worker)
+    @classmethod
+    def of(cls, artifact: AdapterArtifact, ref: object) -> StoredArtifact:
+        """The stored form of ``artifact`` whose handle is ``ref``."""
+        return cls(artifact.role, artifact.version, artifact.sha256, ref)
 
 
 @dataclass(frozen=True)
@@ -186,59 +165,59 @@ class SyncSite:
     """Versions per role kept on disk (>= 2 when workers share a node)."""
 
 
-def apply_payload(target: Servable, payload: AdapterPayload, probe: Probe, site: SyncSite,
-                  clock: Callable[[], float] = time.perf_counter) -> SyncAck:
-    """Worker side of a sync: materialize, load (unless already served), probe, acknowledge.
+def apply_artifact(target: Servable, artifact: AdapterArtifact, probe: Probe, site: SyncSite,
+                   clock: Callable[[], float] = time.perf_counter) -> SyncAck:
+    """Worker side of a sync: verify and materialize, load (unless already served), probe, acknowledge.
 
-    A refused payload (:class:`AdapterRejected`: checksum, rank, older version; or ``ValueError``:
+    A refused artifact (:class:`AdapterRejected`: checksum, rank, older version; or ``ValueError``:
     the worker has no role using this adapter) is reported in the ack's ``error``; the worker keeps
-    serving its previous version.
+    serving its previous version. The checksum is computed once per load (in :func:`materialize`).
     """
     t0, error = clock(), ""
-    if target.adapter_versions().get(payload.role, 0) != payload.version:
+    if target.adapter_versions().get(artifact.role, 0) != artifact.version:
         try:
-            target.load_adapter(materialize(payload, site.adapter_root))
+            target.load_adapter(materialize(artifact, site.adapter_root))
         except ValueError as e:  # AdapterRejected is a ValueError
             error = str(e)
-        gc_versions(site.adapter_root, payload.role, site.keep_versions)
+        gc_versions(site.adapter_root, artifact.role, site.keep_versions)
     load_s = clock() - t0
-    version = target.adapter_versions().get(payload.role, 0)
-    logprobs = target.score(probe.prompt_ids, probe.target_ids, payload.role) if version else []
-    return SyncAck(site.worker_id, site.node_id, payload.role, version, tuple(logprobs), load_s, error)
+    version = target.adapter_versions().get(artifact.role, 0)
+    logprobs = target.score(probe.prompt_ids, probe.target_ids, artifact.role) if version else []
+    return SyncAck(site.worker_id, site.node_id, artifact.role, version, tuple(logprobs), load_s, error)
 
 
 class AdapterHost:
     """A :class:`Servable` at a :class:`SyncSite`: what a worker process holds to answer syncs."""
 
-    def __init__(self, target: Servable | EngineWorker, site: SyncSite) -> None:
-        self.target = as_servable(target)
+    def __init__(self, target: Servable, site: SyncSite) -> None:
+        self.target = target
         self.site = site
 
-    def sync_adapter(self, payload: AdapterPayload, probe: Probe) -> SyncAck:
-        return apply_payload(self.target, payload, probe, self.site)
+    def sync_adapter(self, artifact: AdapterArtifact, probe: Probe) -> SyncAck:
+        return apply_artifact(self.target, artifact, probe, self.site)
 
 
 W = TypeVar("W")
 
 
 class SyncTransport(Protocol[W]):
-    """Moves a payload to workers of type ``W`` and collects their acks."""
+    """Moves an artifact to workers of type ``W`` and collects their acks."""
 
-    def put(self, payload: AdapterPayload) -> object:
-        """Store the payload once; return a handle every worker can fetch it by."""
+    def put(self, artifact: AdapterArtifact) -> object:
+        """Store the artifact once; return a handle every worker can fetch it by."""
         ...
 
     def fanout(self, workers: Mapping[str, W], handle: object, probe: Probe,
                timeout_s: float) -> dict[str, SyncAck | SyncFailure]:
-        """Ask every worker to sync to the payload behind ``handle``; one answer per worker id."""
+        """Ask every worker to sync to the artifact behind ``handle``; one answer per worker id."""
         ...
 
 
 class LocalTransport:
     """In-process transport over :class:`AdapterHost`-like objects (unit tests, single process)."""
 
-    def put(self, payload: AdapterPayload) -> object:
-        return payload
+    def put(self, artifact: AdapterArtifact) -> object:
+        return artifact
 
     def fanout(self, workers: Mapping[str, AdapterHost], handle: object, probe: Probe,
                timeout_s: float) -> dict[str, SyncAck | SyncFailure]:
@@ -256,7 +235,7 @@ class _Latest:
     role: str
     version: int
     handle: object
-    """Transport handle of the payload (the service keeps no other copy of the bytes)."""
+    """Transport handle of the artifact (the service keeps no other copy of the bytes)."""
     expected: tuple[float, ...]
     tolerance: float
 
@@ -338,18 +317,21 @@ class WeightSyncService(Generic[W]):
         """The probe the learner must score to compute ``expected_logprobs``."""
         return self.probe
 
-    def publish(self, payload: AdapterPayload, expected_logprobs: Sequence[float],
+    def publish(self, artifact: AdapterArtifact | StoredArtifact, expected_logprobs: Sequence[float],
                 tolerance: float | None = None) -> SyncReport:
-        """Sync every registered worker to ``payload``; it becomes the role's latest version once at
-        least one worker proved it (a payload every worker refused is not kept for catch-up).
-        ``tolerance`` bounds the probe gap for this role (None: the service's default)."""
+        """Sync every registered worker to ``artifact``; it becomes the role's latest version once at
+        least one worker proved it (an artifact every worker refused is not kept for catch-up).
+        ``artifact`` is the record itself (put into the transport here) or a :class:`StoredArtifact`
+        already in the store; ``tolerance`` bounds the probe gap (None: the service's default)."""
         t0 = self.clock()
-        latest = _Latest(payload.role, payload.version, self.transport.put(payload), tuple(expected_logprobs),
+        stored = artifact if isinstance(artifact, StoredArtifact) else StoredArtifact.of(
+            artifact, self.transport.put(artifact))
+        latest = _Latest(stored.role, stored.version, stored.ref, tuple(expected_logprobs),
                          self.tolerance if tolerance is None else tolerance)
         report = self._sync(latest, self._workers, t0)
         if report.proven:
-            self._latest[payload.role] = latest
-            self.metrics.adapter_version(payload.role, payload.version)
+            self._latest[stored.role] = latest
+            self.metrics.adapter_version(stored.role, stored.version)
         return report
 
     def catch_up(self, worker_id: str) -> list[SyncReport]:
@@ -387,5 +369,5 @@ class WeightSyncService(Generic[W]):
         return {r: latest.version for r, latest in self._latest.items()}
 
     def latest_handle(self, role: str) -> object:
-        """Transport handle of the role's latest payload (a Ray ObjectRef under Ray)."""
+        """Transport handle of the role's latest artifact (a Ray ObjectRef under Ray)."""
         return self._latest[role].handle

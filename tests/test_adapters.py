@@ -1,4 +1,4 @@
-"""Adapter checks (rollout.engine.adapters), left truncation (rollout.engine.truncate) and the
+"""Adapter checks (rollout.engine.adapters) and the checksum count of a load, left truncation (rollout.engine.truncate) and the
 engine config (rollout.engine.config): pure Python, no vLLM."""
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ import pydantic
 import pytest
 from safetensors.numpy import save_file
 
-from rollout.engine.adapters import (
-    base_linear_modules,
-    check_adapter,
-    file_sha256,
-    module_key,
-    tensor_shapes,
-)
+import rollout.adapter_artifact as artifact_module
+from cluster.adapter_store import materialize
+from rollout.adapter_artifact import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterArtifact, file_sha256
+from rollout.engine.adapters import base_linear_modules, check_adapter, module_key, tensor_shapes
 from rollout.engine.base import AdapterRejected
 from rollout.engine.config import EngineConfig, llm_kwargs, vllm_environment
 from rollout.engine.truncate import ChatTokens, truncate_left, vision_runs
@@ -142,6 +139,29 @@ def test_wrong_checksum_is_rejected(tmp_path: Path, base_dir: Path) -> None:
         check_adapter(a, 8, base_linear_modules(base_dir), expected_sha256="0" * 64)
     assert file_sha256(a / "adapter_model.safetensors") == hashlib.sha256(
         (a / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+def test_checksum_is_computed_once_per_load(tmp_path: Path, base_dir: Path, monkeypatch) -> None:
+    # A worker's load path: materialize (verify the arrived bytes, write the directory), then each
+    # engine's check of the directory the ref names. Every sha256 the artifact module computes is
+    # counted: one per materialize, none in the engines, none when a node's directory is reused.
+    d = write_adapter(tmp_path / "src")
+    art = AdapterArtifact.build("policy", 1, "tiny", {n: (d / n).read_bytes() for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)})
+    base, calls = base_linear_modules(base_dir), []
+
+    class CountingHashlib:
+        @staticmethod
+        def sha256(*data: bytes):
+            calls.append(1)
+            return hashlib.sha256(*data)
+
+    monkeypatch.setattr(artifact_module, "hashlib", CountingHashlib)
+    ref = materialize(art, tmp_path / "node")
+    for _ in range(2):  # two engines of one worker serve the adapter
+        assert check_adapter(ref.path, 8, base, ref.sha256).rank == 8
+    assert len(calls) == 1
+    assert materialize(art, tmp_path / "node") == ref  # a second worker of the node reuses the directory
+    assert len(calls) == 2
 
 
 def test_over_rank_is_rejected_from_config_and_from_tensors(tmp_path: Path, base_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""learner.export (atomic PEFT directory + manifest checksum) and learner.sft (ChatML rows whose loss
+"""learner.export (a LoRA state dict as an adapter artifact, written atomically) and learner.sft (ChatML rows whose loss
 covers exactly the assistant replies), with a character-level fake tokenizer for hand-checkable ids."""
 
 import hashlib
@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from learner.export import STABLE, adapter_files, verify_adapter_dir, write_adapter
+from learner.export import adapter_artifact, export_dir
+from rollout.adapter_artifact import STABLE, read_artifact
 from learner.sft import SFTExample, read_sft_parquet, tokenize_examples
 
 pytestmark = pytest.mark.unit
@@ -24,40 +25,42 @@ class FakeLoraConfig:
         return {"peft_type": "LORA", "r": 4, "lora_alpha": 8.0, "target_modules": {"v_proj", "q_proj"}}
 
 
-def files(version=1, scale=1.0):
+def artifact(version=1, scale=1.0):
     state = {"base_model.model.layers.0.q_proj.lora_A.weight": torch.full((4, 6), scale),
              "base_model.model.layers.0.q_proj.lora_B.weight": torch.zeros(6, 4)}
-    return adapter_files(state, FakeLoraConfig(), role="observer", version=version, base_model_id="tiny", step=3)
+    return adapter_artifact(state, FakeLoraConfig(), role="observer", version=version, base_model_id="tiny", step=3)
 
 
-def test_adapter_files_and_manifest():
-    f = files()
+def test_adapter_artifact_and_manifest():
+    a = artifact()
+    f = a.files
     m = json.loads(f["manifest.json"])
-    assert m["sha256"] == hashlib.sha256(f["adapter_model.safetensors"]).hexdigest()
-    assert (m["role"], m["version"], m["base_model"], m["lora_r"]) == ("observer", 1, "tiny", 4)
+    assert m["sha256"] == a.sha256 == hashlib.sha256(f["adapter_model.safetensors"]).hexdigest()
+    assert (m["role"], m["version"], m["base_model"], m["lora_r"], m["learner_step"]) == ("observer", 1, "tiny", 4, 3)
+    assert (a.role, a.version, a.base_model) == ("observer", 1, "tiny")
     cfg = json.loads(f["adapter_config.json"])
     assert cfg["target_modules"] == ["q_proj", "v_proj"] and cfg["base_model_name_or_path"] == "tiny"
     assert load_safetensors(f["adapter_model.safetensors"])["base_model.model.layers.0.q_proj.lora_A.weight"].sum() == 24
-    assert files() == files()  # deterministic bytes
+    assert artifact() == artifact()  # deterministic bytes
 
 
-def test_write_is_atomic_idempotent_and_verified(tmp_path):
-    out = write_adapter(files(), tmp_path / "observer" / "v1")
+def test_export_is_atomic_idempotent_and_verified(tmp_path):
+    out = export_dir(artifact(), tmp_path / "observer" / "v1")
     d = tmp_path / "observer" / "v1"
     assert out.path == str(d) and (d / STABLE).exists()
     assert sorted(p.name for p in (tmp_path / "observer").iterdir()) == ["v1"]  # no temp dir left
-    assert verify_adapter_dir(d)["sha256"] == out.sha256
-    assert write_adapter(files(), d).sha256 == out.sha256  # same content again: kept
+    assert read_artifact(d).sha256 == out.sha256 == artifact().sha256
+    assert export_dir(artifact(), d).sha256 == out.sha256  # same content again: kept
     with pytest.raises(FileExistsError):
-        write_adapter(files(scale=2.0), d)
+        export_dir(artifact(scale=2.0), d)
     data = bytearray((d / "adapter_model.safetensors").read_bytes())
     data[-1] ^= 1
     (d / "adapter_model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="sha256"):
-        verify_adapter_dir(d)
+    with pytest.raises(ValueError, match=f"sha256 of {d}/adapter_model.safetensors"):
+        read_artifact(d)
     (d / STABLE).unlink()
     with pytest.raises(ValueError, match="STABLE"):
-        verify_adapter_dir(d)
+        read_artifact(d)
 
 
 SPECIAL = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<|vision_start|>": 9, "<|vision_end|>": 10,

@@ -1,5 +1,6 @@
-"""Adapter store (atomic, idempotent, concurrent materialize; checksum; GC) and the weight-sync
-service over the in-process transport with fake engines."""
+"""Node-local adapter store (atomic, idempotent, concurrent materialize; checksum; GC) and the
+weight-sync service over the in-process transport with fake engines. The artifact format itself is
+tested in tests/test_adapter_artifact.py."""
 
 import hashlib
 import json
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from cluster.adapter_store import (
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, STABLE, AdapterPayload, gc_versions, materialize, stable_versions,
-)
+from cluster.adapter_store import gc_versions, materialize, stable_versions
 from cluster.metrics import DuetMetrics, Recorder
 from cluster.weight_sync import (
-    AdapterHost, LocalTransport, Probe, SyncAck, SyncFailure, SyncSite, WeightSyncService, apply_payload,
+    AdapterHost, LocalTransport, Probe, StoredArtifact, SyncAck, SyncFailure, SyncSite, WeightSyncService,
+    apply_artifact,
 )
+from rollout.adapter_artifact import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, STABLE, AdapterArtifact
 from rollout.engine.base import AdapterRejected
 from rollout.engine.fake import FakeEngine
 
@@ -30,64 +31,29 @@ WEIGHTS = b"\x00weights-v1" * 1000
 def payload(role="policy", version=1, weights=WEIGHTS, sha=None):
     files = {ADAPTER_CONFIG: json.dumps({"r": 8}).encode(), ADAPTER_WEIGHTS: weights}
     sha = sha or hashlib.sha256(weights).hexdigest()
-    return AdapterPayload(role, version, sha, "tiny-vlm", files)
+    return AdapterArtifact(role, version, sha, "tiny-vlm", files)
 
 
-def corrupt(p: AdapterPayload) -> AdapterPayload:
+def corrupt(p: AdapterArtifact) -> AdapterArtifact:
     """Same identity (role, version, sha256) with one flipped byte: what a bad transfer delivers."""
     bad = bytearray(p.files[ADAPTER_WEIGHTS])
     bad[0] ^= 0xFF
-    return AdapterPayload(p.role, p.version, p.sha256, p.base_model, {**p.files, ADAPTER_WEIGHTS: bytes(bad)})
+    return AdapterArtifact(p.role, p.version, p.sha256, p.base_model, {**p.files, ADAPTER_WEIGHTS: bytes(bad)})
 
 
-# ---------------------------------------------------------------- payload and store
-
-
-def test_build_computes_checksum_and_dirname():
-    p = AdapterPayload.build("observer", 3, "m", {ADAPTER_CONFIG: b"{}", ADAPTER_WEIGHTS: b"abc"})
-    # sha256("abc") is the FIPS 180-2 test vector ba7816bf...
-    assert p.sha256 == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    assert p.dirname == "v3-ba7816bf8f01"
-    assert p.nbytes == 2 + 3
-
-
-def test_from_learner_export_files():
-    # the layout of learner.export.adapter_files: PEFT config, weights, manifest with the checksum
-    manifest = {"role": "reasoner", "version": 4, "base_model": "tiny-vlm", "sha256": hashlib.sha256(b"w").hexdigest(),
-                "learner_step": 12}
-    files = {ADAPTER_CONFIG: b"{}", ADAPTER_WEIGHTS: b"w", "manifest.json": json.dumps(manifest).encode()}
-    p = AdapterPayload.from_files(files)
-    assert (p.role, p.version, p.base_model, p.sha256) == ("reasoner", 4, "tiny-vlm", manifest["sha256"])
-    p.verify()
-    with pytest.raises(ValueError, match="manifest.json"):
-        AdapterPayload.from_files({ADAPTER_CONFIG: b"{}", ADAPTER_WEIGHTS: b"w"})
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(role="critic"), "role"),
-    (dict(version=0), "version"),
-    (dict(sha="XYZ"), "sha256"),
-])
-def test_payload_validation(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        payload(**kwargs)
-
-
-def test_payload_requires_both_peft_files_and_plain_names():
-    with pytest.raises(ValueError, match="missing"):
-        AdapterPayload("policy", 1, "0" * 64, "m", {ADAPTER_WEIGHTS: b""})
-    with pytest.raises(ValueError, match="plain file names"):
-        AdapterPayload("policy", 1, "0" * 64, "m", {ADAPTER_CONFIG: b"", ADAPTER_WEIGHTS: b"", "../x": b""})
+# ---------------------------------------------------------------- node-local store
 
 
 def test_materialize_writes_stable_directory(tmp_path):
     p = payload()
     ref = materialize(p, tmp_path)
     d = tmp_path / "policy" / p.dirname
-    assert (ref.name, ref.version, ref.path, ref.sha256) == ("policy", 1, str(d), p.sha256)
-    assert sorted(os.listdir(d)) == sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS, STABLE])
+    # verified here once: the ref carries no checksum for the engines to hash again
+    assert (ref.name, ref.version, ref.path, ref.sha256) == ("policy", 1, str(d), "")
+    assert sorted(os.listdir(d)) == sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, STABLE])
     assert (d / ADAPTER_WEIGHTS).read_bytes() == WEIGHTS
-    assert json.loads((d / STABLE).read_text())["sha256"] == p.sha256
+    assert (d / STABLE).read_text() == p.sha256
+    assert json.loads((d / MANIFEST).read_text())["sha256"] == p.sha256
     assert os.listdir(tmp_path / "policy") == [p.dirname]  # no temporary directory left
 
 
@@ -177,7 +143,7 @@ def host(tmp_path, wid, node="node-a"):
 
 
 class CorruptingHost(AdapterHost):
-    """A worker whose incoming payloads are damaged in transit."""
+    """A worker whose incoming artifacts are damaged in transit."""
 
     def sync_adapter(self, p, probe):
         return super().sync_adapter(corrupt(p), probe)
@@ -195,13 +161,13 @@ def service(hosts, recorder=None, **kw):
     return svc
 
 
-def test_apply_payload_acks_with_probe_and_skips_reload(tmp_path):
+def test_apply_artifact_acks_with_probe_and_skips_reload(tmp_path):
     h = host(tmp_path, "w0")
-    ack = apply_payload(h.target, payload(version=2), PROBE, h.site)
+    ack = apply_artifact(h.target, payload(version=2), PROBE, h.site)
     # -log(102) - 0.02 = -4.624972813284271 - 0.02 = -4.644972813284271
     assert ack.probe_logprobs == pytest.approx((-4.644972813284271,) * 2)
     assert (ack.worker_id, ack.node_id, ack.role, ack.version, ack.error) == ("w0", "node-a", "policy", 2, "")
-    again = apply_payload(h.target, payload(version=2), PROBE, h.site)  # catch-up of a current worker
+    again = apply_artifact(h.target, payload(version=2), PROBE, h.site)  # catch-up of a current worker
     assert (again.version, again.error) == (2, "")  # FakeEngine would reject a reload of v2
 
 
@@ -225,7 +191,7 @@ def test_publish_proves_every_worker_per_role(tmp_path):
     assert rec.latest("duet_sync_latency_s", role="observer") == ro.latency_s
 
 
-def test_corrupt_payload_refused_and_reported(tmp_path):
+def test_corrupt_artifact_refused_and_reported(tmp_path):
     good = [host(tmp_path, "w0"), host(tmp_path, "w1")]
     bad = CorruptingHost(FakeEngine(lambda *a: "x"), SyncSite("w2", "node-b", str(tmp_path / "node-b")))
     svc = service([*good])
@@ -274,6 +240,30 @@ def test_catch_up_brings_new_worker_to_latest_of_each_role(tmp_path):
     assert svc.served_versions()["w1"] == {"policy": 2, "observer": 1}
 
 
+def test_publish_of_a_stored_artifact_fans_out_its_handle(tmp_path):
+    # the driver hands the service a StoredArtifact (identity + handle); the service never sees
+    # the bytes, passes the handle itself to the workers and keeps it for catch-up
+    handles = []
+
+    class Recording(LocalTransport):
+        def put(self, artifact):
+            raise AssertionError("a stored artifact must not be put again")
+
+        def fanout(self, workers, handle, probe, timeout_s):
+            handles.append(handle)
+            return super().fanout(workers, handle, probe, timeout_s)
+
+    art = payload(version=3)
+    svc = WeightSyncService(Recording(), PROBE, tolerance=1e-6, metrics=DuetMetrics(Recorder()))
+    svc.register("w0", host(tmp_path, "w0"))
+    report = svc.publish(StoredArtifact.of(art, art), fake_logprobs(3))
+    assert report.all_proven and (report.role, report.version) == ("policy", 3)
+    assert svc.latest_handle("policy") is art
+    svc.register("w1", host(tmp_path, "w1", node="node-b"))
+    assert [r.all_proven for r in svc.catch_up("w1")] == [True]
+    assert handles == [art, art]
+
+
 def test_sync_latency_uses_injected_clock(tmp_path):
     ticks = iter([10.0, 10.25])  # publish start, after the last answer
     rec = Recorder()
@@ -290,9 +280,9 @@ def test_report_types():
         Probe((1,), ())
 
 
-def test_rollout_worker_is_synced_through_its_engines(tmp_path):
-    # A real RolloutWorker (no score method): Reasoner served by adapter "policy", Observer by
-    # "observer", both roles on one FakeEngine; the host probes through the engine.
+def test_rollout_worker_is_synced_and_scores_the_probe(tmp_path):
+    # A real RolloutWorker: Reasoner served by adapter "policy", Observer by "observer", both roles
+    # on one FakeEngine; the worker loads and scores the probe itself.
     from rollout.config import DialogueConfig, RoleConfig, RolloutConfig
     from rollout.worker import RolloutWorker
 
@@ -312,13 +302,14 @@ def test_rollout_worker_is_synced_through_its_engines(tmp_path):
 
 
 def test_learner_export_round_trip(tmp_path):
-    # learner.export.adapter_files (the learner's in-memory export) -> payload -> node-local
-    # directory that the learner's own verifier accepts, with the safetensors bytes unchanged
+    # learner.export.adapter_artifact (the learner's in-memory export) -> node-local directory
+    # that reads back as the same artifact, with the safetensors bytes unchanged
     import torch
 
-    from learner.export import adapter_files, verify_adapter_dir
+    from learner.export import adapter_artifact
+    from rollout.adapter_artifact import read_artifact
 
-    class LoraConfig:  # the three things adapter_files reads from peft.LoraConfig (peft imports slowly)
+    class LoraConfig:  # the three things adapter_artifact reads from peft.LoraConfig (peft imports slowly)
         r, lora_alpha = 2, 4
 
         def to_dict(self):
@@ -326,13 +317,12 @@ def test_learner_export_round_trip(tmp_path):
 
     state = {"base_model.model.layers.0.q_proj.lora_A.weight": torch.ones(2, 4),
              "base_model.model.layers.0.q_proj.lora_B.weight": torch.zeros(4, 2)}
-    files = adapter_files(state, LoraConfig(), role="observer",
-                          version=5, base_model_id="tiny-vlm", step=9)
-    p = AdapterPayload.from_files(files)
+    p = adapter_artifact(state, LoraConfig(), role="observer", version=5, base_model_id="tiny-vlm", step=9)
     ref = materialize(p, tmp_path)
     assert (ref.name, ref.version) == ("observer", 5)
-    assert verify_adapter_dir(ref.path)["learner_step"] == 9
-    assert (Path(ref.path) / ADAPTER_WEIGHTS).read_bytes() == files[ADAPTER_WEIGHTS]
+    back = read_artifact(ref.path)
+    assert back == p and back.manifest["learner_step"] == 9 and back.manifest["lora_r"] == 2
+    assert (Path(ref.path) / ADAPTER_WEIGHTS).read_bytes() == p.files[ADAPTER_WEIGHTS]
 
 
 # ---------------------------------------------------------------- proof tolerance per dtype

@@ -13,7 +13,6 @@ needed; only the header is read, the data section is checked against the file si
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from rollout.adapter_artifact import ADAPTER_CONFIG, ADAPTER_WEIGHTS, file_sha256
 from rollout.engine.base import AdapterRejected
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -51,6 +48,7 @@ class AdapterInfo:
     modules: tuple[str, ...]
     """Module paths carrying LoRA weights (checkpoint names, ``base_model.model.`` stripped)."""
     sha256: str
+    """Hex sha256 of the weights when an expected one was given (and matched), else ""."""
 
 
 def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -62,8 +60,8 @@ def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
     Reads only the 8-byte length and the JSON header; the data section is checked against the
     file's size from ``stat``, never read (a 7B model's shards are GBs, read at every engine start
-    before this change). Content corruption of the same length is the checksum's job
-    (:func:`check_adapter` hashes the small adapter file anyway).
+    before this change). Content corruption of the same length is the checksum's job (done once
+    where the artifact's bytes arrive, :meth:`rollout.adapter_artifact.AdapterArtifact.verify`).
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -128,15 +126,6 @@ def base_linear_modules(model_dir: str | Path) -> dict[ModuleKey, tuple[int, int
             if name.endswith(".weight") and len(shape) == 2:
                 modules[module_key(name.removesuffix(".weight"))] = (shape[0], shape[1])
     return modules
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_config(path: Path) -> dict:
@@ -212,8 +201,9 @@ def check_adapter(
 
     Checks, in order: ``adapter_config.json`` present, JSON, integer ``r``; no unsupported PEFT
     feature; max rank <= ``max_rank``; ``adapter_model.safetensors`` present, complete and matching
-    ``expected_sha256`` when given; only lora_A/lora_B tensors; every module exists in the base model
-    (``base_modules`` from :func:`base_linear_modules`), with shapes (r, in) / (out, r) that fit it;
+    ``expected_sha256`` when given (hashed only then: adapters from a sync were verified on arrival
+    and come with an empty checksum); only lora_A/lora_B tensors; every module exists in the base
+    model (``base_modules`` from :func:`base_linear_modules`), with shapes (r, in) / (out, r) that fit it;
     no vision-tower module unless ``vision_lora``.
     """
     path = Path(path)
@@ -224,8 +214,8 @@ def check_adapter(
     weights = path / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise AdapterRejected(f"{path}: {ADAPTER_WEIGHTS} is missing")
-    digest = file_sha256(weights)
-    if expected_sha256 and digest != expected_sha256.lower():
+    digest = file_sha256(weights) if expected_sha256 else ""
+    if digest != expected_sha256.lower():
         raise AdapterRejected(f"{weights}: sha256 {digest} != expected {expected_sha256}")
     try:
         shapes = tensor_shapes(weights)
