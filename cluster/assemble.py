@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ray
 
@@ -52,12 +52,12 @@ def _plan(recipe: Recipe) -> Plan:
     return Plan(rollout + plan_resources(RoleSpec("rollout", 0, c.rollout_cpus), learners).groups)
 
 
-def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: Path,
+def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mapping[str, Path],
                   publish: bool = True) -> tuple[Driver, Callable]:
-    """Start every actor of the run; returns the driver and a teardown function. ``publish=False``
-    (resume) leaves the workers without adapters until :func:`restore` publishes the checkpoint's."""
-    from deploy.offline_models import resolve_model
-
+    """Start every actor of the run; returns the driver and a teardown function. ``models``: role ->
+    base model directory, resolved before Ray started (:func:`cluster.models.resolve_models`).
+    ``publish=False`` (resume) leaves the workers without adapters until :func:`restore` publishes
+    the checkpoint's."""
     c = recipe.cluster
     groups = create_placement_groups(_plan(recipe), timeout_s=c.placement_timeout_s or None, run_name=f"duet-{recipe.name}",
                                      autoscaling=c.autoscaling, say=log.event)
@@ -71,12 +71,12 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models_dir: P
     learners = {}
     for role in recipe.trainable_roles:
         rt = recipe.roles[role]
-        model_dir = resolve_model(rt.model, models_dir)
+        model_dir = models[role]
         learners[role] = LearnerGroup(role, rt.learner, model_dir, c.learner_ranks, c.learner_cpus,
                                       c.learner_gpus, groups[f"learner/{role}"])
         log.event(f"learner {role}: {c.learner_ranks} rank(s), ZeRO-{rt.learner.zero_stage}, "
                   f"{rt.model}, up in {learners[role].init_seconds:.1f}s")
-    factory = RolloutWorkerFactory(recipe.model_dump_json(), str(models_dir))
+    factory = RolloutWorkerFactory(recipe.model_dump_json(), {r: str(p) for r, p in models.items()})
     tp, backend, _ = _rollout_layout(recipe)
     actor = rollout_worker_actor(**worker_actor_resources(tp, c.rollout_cpus, c.rollout_gpus, backend))
     root = str(recipe.run_dir() / "adapters" / "{node}")

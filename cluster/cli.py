@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(json.dumps(recipe.model_dump(mode="json"), indent=2))
         return 0
+    from cluster.models import ModelNotFound
     from cluster.placement import PlanDoesNotFit
     from cluster.run import run_training, settle
     from cluster.storage import StorageError
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = run_training(recipe, resume=args.resume)
+    except ModelNotFound as err:  # raised before Ray starts (roles.<r>.model and how to build it): exit 2
+        print(f"duet: {err}", file=sys.stderr)
+        return 2
     except (PlanDoesNotFit, FileNotFoundError, StorageError) as err:
         print(f"duet: {err}", file=sys.stderr)
         return 1

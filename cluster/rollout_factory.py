@@ -11,7 +11,6 @@ the same engines and adapters, one greedy sample per held-out task.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 from cluster.config import Recipe
@@ -59,17 +58,17 @@ class RolloutWorkerFactory:
     """Picklable recipe of a rollout worker: Ray calls it in the actor process to build the worker."""
 
     recipe_json: str
-    models_dir: str
+    model_dirs: Mapping[str, str]
+    """Role -> its base model's directory, resolved on the driver (:func:`cluster.models.resolve_models`)."""
 
     def __call__(self) -> TrainEvalWorker:
-        from deploy.offline_models import resolve_model
         from rollout.engine.vllm_engine import VLLMEngine
 
         recipe = Recipe.model_validate_json(self.recipe_json)
         engines: dict[str, Engine] = {}
         shared: dict[str, Engine] = {}
         for role, rt in sorted(recipe.roles.items()):
-            model_dir = str(resolve_model(rt.model, Path(self.models_dir)))
+            model_dir = self.model_dirs[role]
             key = model_dir + rt.engine.model_dump_json()
             if key not in shared:
                 shared[key] = VLLMEngine(model_dir, rt.engine)

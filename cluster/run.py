@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cluster.config import Recipe
+from cluster.models import resolve_models
 
 MODELS_DIR = Path(os.environ.get("DUET_MODELS", Path(__file__).resolve().parents[1] / ".cache" / "models"))
 
@@ -121,6 +122,7 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
 
     t0 = time.time()
     recipe = settle(recipe)
+    models = resolve_models(recipe, MODELS_DIR)  # before Ray and the run directory: a missing model costs nothing
     run_dir = recipe.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
@@ -132,7 +134,7 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
         train_items, eval_items = load_items(recipe, log)
         log.event(f"run {recipe.name}: {len(train_items)} training items, {len(eval_items)} held out; "
                   f"run directory {run_dir}")
-        driver, teardown = build_runtime(recipe, train_items, log, MODELS_DIR, publish=not resume)
+        driver, teardown = build_runtime(recipe, train_items, log, models, publish=not resume)
         try:
             start = restore(driver, run_dir) if resume else 0
             log.rows[:0] = [r for r in earlier if r["step"] < start]  # events (-1) and steps before it

@@ -1,10 +1,22 @@
-"""Model references: builtin names, local directories and Hugging Face hub ids (offline here)."""
+"""Model references (cluster.models): builtin names, local directories and Hugging Face hub ids
+(offline here), resolved on the driver before Ray starts and never built there."""
+
+import json
 
 import pytest
 
-from deploy.offline_models.builder import is_hub_id, resolve_model
+from cluster.config import load_recipe
+from cluster.models import ModelNotFound, is_hub_id, resolve_model, resolve_models
+from cluster.recipes import recipe_path
 
 pytestmark = pytest.mark.unit
+
+
+def built(models_dir, name):
+    """A directory the offline builder finished (its manifest is written last)."""
+    (models_dir / name).mkdir(parents=True)
+    (models_dir / name / "manifest.json").write_text(json.dumps({"name": name}))
+    return models_dir / name
 
 
 def test_hub_ids_are_told_from_paths():
@@ -41,3 +53,43 @@ def test_a_reference_that_is_nothing_fails_plainly(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a local path that exists, a Hugging Face hub id"):
         resolve_model("no_such_dir", tmp_path)
     assert resolve_model(str(tmp_path), tmp_path / "models") == tmp_path
+
+
+def test_a_builtin_model_resolves_only_once_built_and_is_never_built_here(tmp_path):
+    models = tmp_path / "models"
+    (models / "tiny-qwen2-vl").mkdir(parents=True)  # half a build: no manifest yet
+    with pytest.raises(ModelNotFound) as err:
+        resolve_model("builtin:tiny-qwen2-vl", models)
+    assert str(err.value) == (
+        f"built-in model 'tiny-qwen2-vl' is not built in {models} (built there: none); build it with "
+        f"`python -m deploy.offline_models build --out {models} --only tiny-qwen2-vl` (or `bash deploy/setup.sh`)")
+    assert sorted(p.name for p in (models / "tiny-qwen2-vl").iterdir()) == []  # nothing was written
+    built(models, "tiny-text-lm")
+    assert "(built there: tiny-text-lm)" in str(pytest.raises(ModelNotFound, resolve_model, "builtin:x", models).value)
+    assert resolve_model("builtin:tiny-text-lm", models) == models / "tiny-text-lm"
+
+
+def test_resolve_models_gives_every_role_a_directory_or_names_the_recipe_field(tmp_path):
+    recipe = load_recipe(recipe_path("immo_dialogue"))  # two roles, two base models
+    models = tmp_path / "models"
+    vlm = built(models, "tiny-qwen2-vl")
+    with pytest.raises(ModelNotFound) as err:
+        resolve_models(recipe, models)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("roles.reasoner.model: built-in model 'tiny-text-lm' is not built")
+    assert f"python -m deploy.offline_models build --out {models} --only tiny-text-lm" in message
+    lm = built(models, "tiny-text-lm")
+    assert resolve_models(recipe, models) == {"observer": vlm, "reasoner": lm}
+
+
+def test_duet_train_with_an_unbuilt_model_exits_2_in_one_line_before_ray(tmp_path, monkeypatch, capsys):
+    import cluster.run
+    from cluster.cli import main
+
+    monkeypatch.setattr(cluster.run, "MODELS_DIR", tmp_path / "models")
+    run_dir = tmp_path / "run"
+    assert main(["train", "smoke", "--set", f"output.dir={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("duet: roles.policy.model: built-in model 'tiny-qwen2-vl' is not built")
+    assert "python -m deploy.offline_models build" in err and not run_dir.exists()
+    assert "ray" not in __import__("sys").modules or not __import__("ray").is_initialized()

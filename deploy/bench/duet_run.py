@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from deploy.bench.memory import PeakSampler, RolePeak, own_peak_mib
-from deploy.bench.settings import MODELS_DIR, E2ESettings, recipe_overrides
+from deploy.bench.settings import E2ESettings, model_dirs, recipe_overrides
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def run_duet(e2e: E2ESettings, phases: Sequence[tuple[str, int]], work_dir: Path
         started = init_ray(recipe)
         try:
             items, _ = load_items(recipe, log)
-            driver, teardown = build_runtime(recipe, items, log, MODELS_DIR)
+            driver, teardown = build_runtime(recipe, items, log, model_dirs(recipe))
             startup = time.perf_counter() - t0
             try:
                 start = 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from deploy.bench.report import Section
-from deploy.bench.settings import MODEL, MODELS_DIR, BenchSettings, E2ESettings, recipe_overrides
+from deploy.bench.settings import MODEL, MODELS_DIR, BenchSettings, E2ESettings, model_dirs, recipe_overrides
 from deploy.bench.stats import ratio, steady, summarize
 
 TITLE = "2. Rollout throughput: vLLM rollout worker vs transformers generate()"
@@ -129,7 +129,7 @@ def measure(cfg: BenchSettings, model: str, work: Path) -> tuple[Runs, Runs, Run
     model_dir = MODELS_DIR / model
     peft_model = _adapter(AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32), recipe,
                           work / f"adapter-{model}")
-    worker = RolloutWorkerFactory(recipe.model_dump_json(), str(MODELS_DIR))()
+    worker = RolloutWorkerFactory(recipe.model_dump_json(), {r: str(d) for r, d in model_dirs(recipe).items()})()
     worker.load_adapter(AdapterRef("policy", 1, str(work / f"adapter-{model}")))
     engine = worker.engines["policy"]
     vocab = engine.tokenizer.get_vocab()

