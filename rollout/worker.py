@@ -117,6 +117,16 @@ class RolloutWorker:
         for engine in engines:
             engine.load_adapter(ref)
 
+    def score(self, prompt_ids: Sequence[int], target_ids: Sequence[int], adapter: str) -> list[float]:
+        """log p(target_ids | prompt_ids) under ``adapter`` (a weight-sync probe), on the engine
+        serving its oldest version: the one :meth:`adapter_versions` reports, so a lagging engine is
+        what the sync sees."""
+        engines = self._engines_for(adapter)
+        if not engines:
+            raise ValueError(f"RolloutWorker.score: no role uses adapter {adapter!r}")
+        oldest = min(engines, key=lambda e: e.adapter_versions().get(adapter, 0))
+        return oldest.score(prompt_ids, target_ids, adapter)
+
     def check_versions(self, versions: Mapping[str, int]) -> None:
         """Raise :class:`StaleAdapterError` if any adapter is served below ``versions[name]``."""
         served = self.adapter_versions()
