@@ -40,9 +40,10 @@ from learner.config import AlgoConfig
 __all__ = ["Experience", "compute_experience", "normalize_rewards", "value_positions", "shift_right", "shift_left"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Experience:
-    """Training targets aligned row for row with a RoleBatch (B rows, T columns). No gradients."""
+    """Training targets aligned row for row with a RoleBatch (B rows, T columns). No gradients.
+    Built by name only (``kw_only``): ten tensors of like shapes are too easy to pass in the wrong order."""
 
     old_logprobs: torch.Tensor
     """(B, T) learner log pi_old(token t) under the adapter before this update (0 off loss_mask)."""
@@ -177,8 +178,9 @@ def compute_experience(
         if algo.tis_cap is not None:
             seq_roll = rl4vlm_action_logprob(b.rollout_logprobs, b.cot_mask, b.action_mask, algo.lambda_cot)
             seq_w = truncated_is_weights(seq_old[:, None], seq_roll[:, None], torch.ones(b.num_rows, 1), cap).weights[:, 0]
-    exp = Experience(old_logp * lm, ref_logp, adv, vmask, old_values, ret,
-                     tis.weights if algo.tis_cap is not None else None, seq_old, _first_token_value(adv, b), seq_w)
+    exp = Experience(old_logprobs=old_logp * lm, ref_logprobs=ref_logp, advantages=adv, value_mask=vmask,
+                     old_values=old_values, returns=ret, is_weights=tis.weights if algo.tis_cap is not None else None,
+                     seq_old_logprobs=seq_old, seq_advantages=_first_token_value(adv, b), seq_is_weights=seq_w)
     return exp, reward_stats, _diagnostics(b, exp, kl_tok, tis, normed, values is not None)
 
 

@@ -164,3 +164,18 @@ def test_shifts_and_value_positions():
     assert shift_right(x).tolist() == [[0, 1, 2]] and shift_left(x).tolist() == [[2, 3, 0]]
     b = build_role_batch([single("a", "g", 1.0)], "policy", 0)
     assert value_positions(b, "turn").tolist() == [[False, True, False, False]]
+
+
+def test_experience_is_built_by_name_only_and_select_keeps_every_field_by_name():
+    from dataclasses import fields
+
+    from learner.experience import Experience
+
+    b = build_role_batch([single("a", "g", 1.0), single("b", "g", 0.0)], "policy", 0)
+    exp, _, _ = run(b, AlgoConfig(tis_cap=2.0))
+    values = [getattr(exp, f.name) for f in fields(Experience)]
+    with pytest.raises(TypeError):
+        Experience(*values)  # positional: refused
+    picked = exp.select(torch.tensor([1]), 3)
+    assert picked.advantages.tolist() == exp.advantages[1:, :3].tolist()
+    assert picked.seq_advantages.tolist() == exp.seq_advantages[1:].tolist() and picked.ref_logprobs is None
