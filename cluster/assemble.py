@@ -1,25 +1,24 @@
-"""Assemble a run's actors from a recipe, warm-start, checkpoint and restore.
+"""Assemble a run's actors from a recipe into a :class:`cluster.driver.Driver` on Ray adapters.
 
 Order: placement groups (rollout bundles, then one group per trained role's learner ranks) -> the
 run directory checked on every node that hosts a bundle ->
 learner groups (DeepSpeed worlds) -> rollout workers (vLLM engines) -> weight-sync service ->
 version 1 of every trained adapter published and proven on every worker (the untrained LoRA, equal
 to the base model) so that no rollout ever runs on an adapter the learner did not publish. A resumed
-run skips that first publish: :func:`restore` publishes the checkpoint's adapters instead, before
-any rollout.
+run skips that first publish: :meth:`cluster.driver.Driver.restore` publishes the checkpoint's
+adapters instead, before any rollout. The driver reaches the actors through the Ray adapters of
+:mod:`cluster.ray_fleet`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
-
-import ray
 
 from cluster.actors import register_workers, rollout_worker_actor, start_sync_service, wait_alive
 from cluster.config import Recipe
 from cluster.driver import Driver
+from cluster.ray_fleet import RayFleet, RaySyncClient
 from cluster.learner_group import LearnerGroup
 from cluster.consistency import worker_engines
 from cluster.placement import (Plan, RoleSpec, bundle_nodes, bundle_strategy, create_placement_groups,
@@ -28,7 +27,6 @@ from cluster.storage import StorageError, check_shared
 from cluster.rollout_factory import RolloutWorkerFactory
 from cluster.tp_placement import rollout_groups, worker_actor_resources, worker_parallelism, worker_slot
 from cluster.weight_sync import Probe
-from cluster.sft_data import sft_examples_for
 
 PROBE = Probe(prompt_ids=(1, 20, 30, 40, 50, 60), target_ids=(70, 80, 90, 100))
 """Fixed sync probe: small token ids, valid in every built-in tokenizer (all have > 1000 tokens)."""
@@ -56,8 +54,8 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mappi
                   publish: bool = True) -> tuple[Driver, Callable]:
     """Start every actor of the run; returns the driver and a teardown function. ``models``: role ->
     base model directory, resolved before Ray started (:func:`cluster.models.resolve_models`).
-    ``publish=False`` (resume) leaves the workers without adapters until :func:`restore` publishes
-    the checkpoint's."""
+    ``publish=False`` (resume) leaves the workers without adapters until :meth:`Driver.restore`
+    publishes the checkpoint's."""
     c = recipe.cluster
     groups = create_placement_groups(_plan(recipe), timeout_s=c.placement_timeout_s or None, run_name=f"duet-{recipe.name}",
                                      autoscaling=c.autoscaling, say=log.event)
@@ -85,75 +83,20 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mappi
                .remote(factory, f"rollout-{i}", root) for i, (group, bundle) in enumerate(slots)}
     wait_alive(list(workers.values()), timeout_s=600)
     log.event(f"{len(workers)} rollout worker(s) up")
-    sync = start_sync_service(PROBE, tolerance=1e-4)
-    register_workers(sync, workers)
-    pids = dict(zip(workers, ray.get([w.pid.remote() for w in workers.values()])))
-    driver = Driver(recipe, workers, learners, sync, log, train_items, pids=pids)
+    service = start_sync_service(PROBE, tolerance=1e-4)
+    register_workers(service, workers)
+    fleet = RayFleet(workers)
+    sync = RaySyncClient(service, learners, PROBE, {r: recipe.proof_tolerance(r) for r in recipe.trainable_roles})
+    adapters = {role: rc.adapter for role, rc in recipe.rollout.roles().items()}
+    driver = Driver(recipe, fleet, learners, sync, log, train_items, adapters, pids=fleet.pids())
     for role in recipe.trainable_roles if publish else ():
         driver.publish(role)
 
     def teardown() -> None:
         for group in learners.values():
             group.shutdown()
-        for w in workers.values():
-            ray.kill(w, no_restart=True)
-        ray.kill(sync)
+        fleet.kill()
+        sync.kill()
         remove_placement_groups(groups)
 
     return driver, teardown
-
-
-# ---- SFT warm start ------------------------------------------------------------------------------
-
-def sft_warm_start(driver: Driver, train_items: Sequence[Any]) -> None:
-    """Supervised steps on reference transcripts for each trained role (single-turn: the policy on
-    reference answers; dialogue: the Observer on reference captions, the Reasoner on answers from
-    them), then publish the results."""
-    recipe, sft = driver.recipe, driver.recipe.train.sft
-    examples = sft_examples_for(recipe, train_items[: sft.num_examples])
-    for role in recipe.trainable_roles:
-        _sft_role(driver, role, examples[role], sft)
-        driver.publish(role)
-
-
-def _sft_role(driver: Driver, role: str, examples: list, sft) -> None:
-    group = driver.learners[role]
-    driver.log.sft_begin(role, sft.steps)
-    for step in range(sft.steps):
-        k = (step * sft.batch_size) % len(examples)
-        batch = (examples + examples)[k: k + sft.batch_size]
-        m = group.sft_step(batch)
-        driver.log.sft_step(role, step, sft.steps, m["sft/loss"])
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------
-
-def checkpoint_fn(driver: Driver, run_dir: Path) -> Callable[[int], None]:
-    def save(step: int) -> None:
-        directory = run_dir / "checkpoints" / f"step_{step:06d}"
-        for role, group in driver.learners.items():
-            group.save_checkpoint(directory / role)
-        state = {"step": step, "versions": driver.versions, "counters": vars(driver.counters)}
-        (directory / "driver.json").write_text(json.dumps(state))
-        (run_dir / "checkpoints" / "LATEST").write_text(directory.name)
-        driver.log.event(f"checkpoint {directory}")
-    return save
-
-
-def restore(driver: Driver, run_dir: Path) -> int:
-    """Load the latest checkpoint into the learners, republish their adapters; returns its step."""
-    latest = run_dir / "checkpoints" / "LATEST"
-    if not latest.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-    directory = run_dir / "checkpoints" / latest.read_text().strip()
-    state = json.loads((directory / "driver.json").read_text())
-    for role, group in driver.learners.items():
-        group.load_checkpoint(directory / role)
-    for name, value in state["counters"].items():
-        setattr(driver.counters, name, value)
-    for role in driver.learners:
-        adapter = driver.adapter_of(role)
-        driver.versions[adapter] = max(driver.versions.get(adapter, 0), state["versions"].get(adapter, 0))
-        driver.publish(role)
-    driver.log.event(f"resumed from {directory} at step {state['step']}")
-    return int(state["step"])

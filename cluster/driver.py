@@ -14,40 +14,50 @@ may need critic values), so the loop itself is::
 In async mode the rollouts of step t+1 are launched before the update of step t, so generation
 overlaps training; their episodes were generated one version behind and are dropped (and counted)
 when they lag the learner by more than ``train.max_staleness`` versions.
+
+The driver runs on two small interfaces (:mod:`cluster.fleet`): a rollout fleet and a sync client,
+plus the learners; it imports no Ray (the Ray implementations are in :mod:`cluster.ray_fleet`), so
+its fault handling is unit-tested on fakes (``tests/test_driver.py``). A worker that dies during a
+call fails it with :class:`cluster.fleet.WorkerDied`: the driver waits for its restart, catches it
+up and re-runs its shard; one that dies during a sync is waited for and the same version published
+again. Warm start, checkpoint and restore are driver steps too.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
-import ray
-from ray.exceptions import RayActorError
-
-from cluster.adapter_store import AdapterPayload
 from cluster.config import Recipe
+from cluster.fleet import CallKind, Learner, Pending, RolloutFleet, SyncClient, WorkerDied
 from cluster.metrics import mean_staleness
 from cluster.schedule import Counters, greedy_roles_at, roles_at, shard, stale_episodes, summarize
 from rollout.episode_arrow import EpisodeBatch
 
+Shard = tuple[str, list[Any], Pending]
+"""(worker id, the shard's items, its started call)."""
+
 
 @dataclass
 class Driver:
-    """Holds the run's actors and drives them. ``workers`` are rollout-worker actor handles,
-    ``learners`` :class:`cluster.learner_group.LearnerGroup` by role, ``sync`` the weight-sync
-    service actor, ``log`` a :class:`cluster.progress.RunLog`."""
+    """Drives the run's rollout ``fleet``, ``learners`` (by trained role) and ``sync`` client;
+    ``log`` is a :class:`cluster.progress.RunLog`."""
 
     recipe: Recipe
-    workers: dict[str, Any]
-    learners: dict[str, Any]
-    sync: Any
+    fleet: RolloutFleet
+    learners: Mapping[str, Learner]
+    sync: SyncClient
     log: Any
     train_items: Sequence[Any]
+    adapters: Mapping[str, str | None]
+    """Rollout role -> the adapter it serves (None: the base model), in the rollout's role order."""
     versions: dict[str, int] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
     pids: dict[str, int] = field(default_factory=dict)
-    """Process id of each rollout worker when last seen (a new one means Ray restarted it)."""
+    """Process id of each rollout worker when last seen (a new one means its process was restarted)."""
 
     # ---- phases ------------------------------------------------------------------------------
 
@@ -56,61 +66,59 @@ class Driver:
         k, n = self.recipe.data.tasks_per_step, len(self.train_items)
         return [self.train_items[(step * k + i) % n] for i in range(k)]
 
-    def launch(self, step: int) -> list[tuple[str, list[Any], Any]]:
+    def launch(self, step: int) -> list[Shard]:
         """Start the step's rollouts: one shard of items per worker."""
-        shards = shard(self.items_for(step), len(self.workers))
-        kwargs = self.call_kwargs("rollout", step)
-        return [(wid, part, self.workers[wid].rollout.remote(part, dict(self.versions), **kwargs))
-                for wid, part in zip(sorted(self.workers), shards) if part]
+        return self.start(CallKind.ROLLOUT, self.items_for(step), step)
 
-    def call_kwargs(self, method: str, step: int) -> dict[str, Any]:
-        """Keyword arguments of a worker's ``rollout`` / ``evaluate`` call at ``step``."""
-        if method != "rollout":
-            return {"step": step}
+    def start(self, kind: CallKind, items: Sequence[Any], step: int) -> list[Shard]:
+        """Shard ``items`` over the workers (sorted by id) and start ``kind`` on each non-empty shard."""
+        ids = list(self.fleet.worker_ids())
+        return [(wid, part, self.call(kind, wid, part, step)) for wid, part in zip(ids, shard(list(items), len(ids)))
+                if part]
+
+    def call(self, kind: CallKind, wid: str, part: list[Any], step: int) -> Pending:
+        """Start ``kind`` on worker ``wid`` with the current versions (rollouts: the step's greedy roles)."""
         r = self.recipe
-        return {"step": step, "greedy_roles": greedy_roles_at(r.train, tuple(r.rollout.roles()), r.trainable_roles, step)}
+        greedy = greedy_roles_at(r.train, tuple(self.adapters), r.trainable_roles, step) if kind is CallKind.ROLLOUT else ()
+        return self.fleet.start(kind, wid, part, dict(self.versions), step, greedy)
 
-    def collect(self, step: int, futures: list[tuple[str, list[Any], Any]]) -> tuple[EpisodeBatch, list]:
+    def collect(self, step: int, futures: list[Shard]) -> tuple[EpisodeBatch, list]:
         """Gather every shard of the step's rollouts (see :meth:`gather`)."""
-        results = self.gather(futures, "rollout", step)
+        results = self.gather(futures, CallKind.ROLLOUT, step)
         batch = EpisodeBatch.concat([b for b, _ in results])
         self.counters.produced += len(batch)
         return batch, [st for _, st in results]
 
-    def gather(self, futures: list[tuple[str, list[Any], Any]], method: str, step: int) -> list:
-        """``ray.get`` each shard's call; a shard whose worker died is re-run (``method`` again) on the
-        restarted worker once it has caught up with the current adapters (no episode lost, none
-        counted twice)."""
+    def gather(self, futures: list[Shard], kind: CallKind, step: int) -> list:
+        """Each shard's result; a shard whose worker died is re-run (``kind`` again) on the restarted
+        worker once it has caught up with the current adapters (no episode lost, none counted twice)."""
         results = []
         for wid, part, future in futures:
             try:
-                results.append(ray.get(future))
-            except RayActorError:
-                results.append(self.retry(wid, part, method, step))
+                results.append(future.result())
+            except WorkerDied:
+                results.append(self.retry(wid, part, kind, step))
         return results
 
-    def retry(self, wid: str, part: list[Any], method: str, step: int):
+    def retry(self, wid: str, part: list[Any], kind: CallKind, step: int):
         self.counters.retried_shards += 1
-        self.log.event(f"rollout worker {wid} died during {method}; waiting for its restart and "
+        self.log.event(f"rollout worker {wid} died during {kind.value}; waiting for its restart and "
                        f"re-running its shard")
         self.revive(wid)
-        for report in ray.get(self.sync.catch_up.remote(wid)):
+        for report in self.sync.catch_up(wid):
             self.log.sync(report)
-        call = getattr(self.workers[wid], method)
-        return ray.get(call.remote(part, dict(self.versions), **self.call_kwargs(method, step)))
+        return self.call(kind, wid, part, step).result()
 
     def revive(self, wid: str) -> None:
-        """Wait until Ray has restarted worker ``wid``; count the restart once, by its new process id
+        """Wait until worker ``wid`` is restarted; count the restart once, by its new process id
         (in async mode one death can fail both a sync and the rollout call it overlapped)."""
-        # a call to a restarting actor fails at once (ActorUnavailableError) unless it may be retried:
-        # ``pid`` (idempotent) is, so it waits for the restart instead of failing the run
-        pid = ray.get(self.workers[wid].pid.options(max_task_retries=-1).remote(), timeout=300)
+        pid = self.fleet.wait_restart(wid)
         if self.pids.get(wid) != pid:
             self.counters.worker_restarts += 1
             self.pids[wid] = pid
 
     def drop_stale(self, batch: EpisodeBatch) -> EpisodeBatch:
-        adapters = {r: (c.adapter or "") for r, c in self.recipe.rollout.roles().items()}
+        adapters = {r: (a or "") for r, a in self.adapters.items()}
         stale = stale_episodes(batch.episodes, self.versions, adapters, self.recipe.train.max_staleness)
         kept = tuple(e for e, s in zip(batch.episodes, stale) if not s)
         self.counters.dropped_stale += len(batch) - len(kept)
@@ -120,22 +128,18 @@ class Driver:
     def staleness(self, batch: EpisodeBatch) -> dict[str, float]:
         """Role -> mean lag (current adapter version minus generating version) of ``batch``'s episodes,
         for the roles that serve an adapter; taken before the step's update (0 in sync mode)."""
-        adapters = {r: c.adapter for r, c in self.recipe.rollout.roles().items() if c.adapter}
+        adapters = {r: a for r, a in self.adapters.items() if a}
         return mean_staleness(batch.episodes, self.versions, adapters)
 
-    def episodes_in(self, futures: list[tuple[str, list[Any], Any]]) -> int:
+    def episodes_in(self, futures: list[Shard]) -> int:
         """Episodes the launched rollout calls ``futures`` will return (items x group size)."""
         return sum(len(part) for _, part, _ in futures) * self.recipe.rollout.group_size
 
     def publish(self, role: str) -> Any:
         """Export ``role``'s adapter as the next version, push it to every worker, prove arrival.
-        Workers that died during the sync are waited for (Ray restarts them) and synced again."""
+        Workers that died during the sync are waited for (restarted) and synced again."""
         version = self.versions.get(self.adapter_of(role), 0) + 1
-        learner = self.learners[role]
-        payload = AdapterPayload.from_files(learner.adapter_files(version))
-        expected = learner.probe_logprobs(ray.get(self.sync.get_probe.remote()))
-        tolerance = self.recipe.proof_tolerance(role)
-        report = ray.get(self.sync.publish.remote(payload, expected, tolerance))
+        report = self.sync.publish(role, version)
         self.log.sync(report)
         dead = [f.worker_id for f in report.failures if f.kind == "unreachable"]
         for wid in dead:
@@ -143,7 +147,7 @@ class Driver:
                            f"its restart and syncing it again")
             self.revive(wid)
         if dead:  # the same version again: workers that already serve it only re-prove it
-            report = ray.get(self.sync.publish.remote(payload, expected, tolerance))
+            report = self.sync.publish(role, version)
             self.log.sync(report)
         if not report.all_proven:
             raise RuntimeError(f"sync of {role} v{version} not proven on every worker: {report.failures}")
@@ -151,23 +155,21 @@ class Driver:
         return report
 
     def adapter_of(self, role: str) -> str:
-        return self.recipe.rollout.roles()[role].adapter or role
+        return self.adapters[role] or role
 
     def evaluate(self, items: Sequence[Any], label: str, step: int) -> dict[str, float]:
         """Greedy, one sample per held-out item, sharded over the workers."""
         if not items:
             return {}
-        parts = shard(list(items), len(self.workers))
-        futures = [(w, p, self.workers[w].evaluate.remote(p, dict(self.versions), step=step))
-                   for w, p in zip(sorted(self.workers), parts) if p]
-        batch = EpisodeBatch.concat([b for b, _ in self.gather(futures, "evaluate", step)])
+        futures = self.start(CallKind.EVALUATE, items, step)
+        batch = EpisodeBatch.concat([b for b, _ in self.gather(futures, CallKind.EVALUATE, step)])
         result = summarize(batch.episodes)
         self.log.evaluation(label, result, batch)
         return result
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def train(self, start: int, end: int, checkpoint) -> None:
+    def train(self, start: int, end: int, checkpoint: Callable[[int], None]) -> None:
         """RL steps ``start .. end-1``; ``checkpoint(step)`` is called when one is due."""
         train, trainable = self.recipe.train, self.recipe.trainable_roles
         pending = self.launch(start) if start < end else None
@@ -191,3 +193,50 @@ class Driver:
                           {"time/sample": t_sample, "time/step": time.perf_counter() - t0})
             if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0:
                 checkpoint(step + 1)
+
+    # ---- warm start, checkpoint, restore -----------------------------------------------------
+
+    def warm_start(self, examples: Mapping[str, Sequence[Any]]) -> None:
+        """Supervised steps on ``examples`` (trained role -> reference examples, from
+        :func:`cluster.sft_data.sft_examples_for`) for each trained role, then publish the results."""
+        for role in self.recipe.trainable_roles:
+            self.sft_role(role, list(examples[role]))
+            self.publish(role)
+
+    def sft_role(self, role: str, examples: list[Any]) -> None:
+        """``train.sft.steps`` steps of ``train.sft.batch_size`` examples each, cycling through them."""
+        sft = self.recipe.train.sft
+        self.log.sft_begin(role, sft.steps)
+        for step in range(sft.steps):
+            k = (step * sft.batch_size) % len(examples)
+            m = self.learners[role].sft_step((examples + examples)[k: k + sft.batch_size])
+            self.log.sft_step(role, step, sft.steps, m["sft/loss"])
+
+    def checkpoint(self, run_dir: Path, step: int) -> None:
+        """Save every learner under ``checkpoints/step_NNNNNN/<role>``, the driver's state as its
+        ``driver.json`` (step, versions, counters), and point ``checkpoints/LATEST`` at it."""
+        directory = run_dir / "checkpoints" / f"step_{step:06d}"
+        for role, group in self.learners.items():
+            group.save_checkpoint(directory / role)
+        state = {"step": step, "versions": self.versions, "counters": vars(self.counters)}
+        (directory / "driver.json").write_text(json.dumps(state))
+        (run_dir / "checkpoints" / "LATEST").write_text(directory.name)
+        self.log.event(f"checkpoint {directory}")
+
+    def restore(self, run_dir: Path) -> int:
+        """Load the latest checkpoint into the learners and the driver's state, republish the
+        learners' adapters (each as its next version); returns the checkpoint's step."""
+        latest = run_dir / "checkpoints" / "LATEST"
+        if not latest.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+        directory = run_dir / "checkpoints" / latest.read_text().strip()
+        state = json.loads((directory / "driver.json").read_text())
+        for role, group in self.learners.items():
+            group.load_checkpoint(directory / role)
+        self.counters.restore(state["counters"])
+        for role in self.learners:
+            adapter = self.adapter_of(role)
+            self.versions[adapter] = max(self.versions.get(adapter, 0), state["versions"].get(adapter, 0))
+            self.publish(role)
+        self.log.event(f"resumed from {directory} at step {state['step']}")
+        return int(state["step"])

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from cluster.config import Recipe
 from cluster.models import resolve_models
@@ -112,13 +113,44 @@ def init_ray(recipe: Recipe) -> bool:
     return True
 
 
-def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
-    """Run ``recipe`` end to end; see the module docstring."""
+@dataclass
+class LiveRun:
+    """A run whose actors are up: its driver and its data."""
+
+    driver: Any
+    """The :class:`cluster.driver.Driver` over the run's actors."""
+    train_items: list[Any]
+    eval_items: list[Any]
+    """Held-out items (tasks or env seeds) of the evaluations."""
+
+
+@contextmanager
+def live_run(recipe: Recipe, log, models: Mapping[str, Path], publish: bool = True) -> Iterator[LiveRun]:
+    """The run lifecycle shared by ``duet train`` and the benchmark: start (or join) Ray, load the
+    data, place and start every actor (:func:`cluster.assemble.build_runtime`; ``publish=False`` on
+    resume), yield; then stop the actors and the Ray this call started, whatever happened."""
     import ray
 
+    from cluster.assemble import build_runtime
+
+    started = init_ray(recipe)
+    try:
+        train_items, eval_items = load_items(recipe, log)
+        log.event(f"run {recipe.name}: {len(train_items)} training items, {len(eval_items)} held out; "
+                  f"run directory {recipe.run_dir()}")
+        driver, teardown = build_runtime(recipe, train_items, log, models, publish=publish)
+        try:
+            yield LiveRun(driver, train_items, eval_items)
+        finally:
+            teardown()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
+    """Run ``recipe`` end to end; see the module docstring."""
     from cluster.progress import RunLog
-    from cluster.assemble import build_runtime, checkpoint_fn, restore, sft_warm_start
-    from cluster.metrics import hold_for_export
 
     t0 = time.time()
     recipe = settle(recipe)
@@ -129,43 +161,40 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
     earlier = earlier_rows(run_dir) if resume else []
     log = RunLog(run_dir, recipe.output.transcripts_per_step, recipe.output.progress, recipe.output.report,
                  loggers=recipe.output.loggers)
-    started = init_ray(recipe)
     try:
-        train_items, eval_items = load_items(recipe, log)
-        log.event(f"run {recipe.name}: {len(train_items)} training items, {len(eval_items)} held out; "
-                  f"run directory {run_dir}")
-        driver, teardown = build_runtime(recipe, train_items, log, models, publish=not resume)
-        try:
-            start = restore(driver, run_dir) if resume else 0
-            log.rows[:0] = [r for r in earlier if r["step"] < start]  # events (-1) and steps before it
-            log.trackers.completed(start)  # trackers: the resumed run's syncs and evaluations at step start
-            if start == 0:
-                driver.evaluate(eval_items, "base", 0)
-                if recipe.train.sft.steps:
-                    sft_warm_start(driver, train_items)
-            before = driver.evaluate(eval_items, "before_rl", start)
-            save = checkpoint_fn(driver, run_dir)
-            log.begin_steps(start, recipe.train.steps)
-            driver.train(start, recipe.train.steps, save)
-            if not saved_by_loop(recipe.train, start):
-                save(recipe.train.steps)
-            after = driver.evaluate(eval_items, "after_rl", recipe.train.steps)
-            if before and after:
-                log.event(f"held-out success before RL {before['success']:.3f} -> after RL "
-                          f"{after['success']:.3f} ({100 * (after['success'] - before['success']):+.1f} points)")
-            hold_for_export(recipe.output.metrics_flush_s, bool(recipe.cluster.address) or recipe.cluster.dashboard)
-            served = ray.get(driver.sync.served_versions.remote())
-            summary = RunSummary(True, recipe.train.steps, log.evals, asdict(driver.counters), str(run_dir),
-                                 time.time() - t0, dict(driver.versions), served)
-        finally:
-            teardown()
+        with live_run(recipe, log, models, publish=not resume) as live:
+            summary = train_run(live, recipe, log, earlier if resume else None, t0)
     except BaseException:
         log.close(failed=True)  # trackers finished (marked failed), the progress bar stopped
         raise
-    finally:
-        if started:
-            ray.shutdown()
     log.write_summary(asdict(summary))
     log.close()
     return summary
 
+
+def train_run(live: LiveRun, recipe: Recipe, log, earlier: list[dict[str, Any]] | None, t0: float) -> RunSummary:
+    """Restore (``earlier``: the metrics rows of the resumed attempt) or evaluate the base model and
+    warm start, then evaluate, train, checkpoint, evaluate; the run's summary."""
+    from cluster.metrics import hold_for_export
+    from cluster.sft_data import sft_examples_for
+
+    driver, eval_items, run_dir = live.driver, live.eval_items, recipe.run_dir()
+    start = driver.restore(run_dir) if earlier is not None else 0
+    log.rows[:0] = [r for r in earlier or () if r["step"] < start]  # events (-1) and steps before it
+    log.trackers.completed(start)  # trackers: the resumed run's syncs and evaluations at step start
+    if start == 0:
+        driver.evaluate(eval_items, "base", 0)
+        if recipe.train.sft.steps:
+            driver.warm_start(sft_examples_for(recipe, live.train_items[: recipe.train.sft.num_examples]))
+    before = driver.evaluate(eval_items, "before_rl", start)
+    log.begin_steps(start, recipe.train.steps)
+    driver.train(start, recipe.train.steps, lambda step: driver.checkpoint(run_dir, step))
+    if not saved_by_loop(recipe.train, start):
+        driver.checkpoint(run_dir, recipe.train.steps)
+    after = driver.evaluate(eval_items, "after_rl", recipe.train.steps)
+    if before and after:
+        log.event(f"held-out success before RL {before['success']:.3f} -> after RL "
+                  f"{after['success']:.3f} ({100 * (after['success'] - before['success']):+.1f} points)")
+    hold_for_export(recipe.output.metrics_flush_s, bool(recipe.cluster.address) or recipe.cluster.dashboard)
+    return RunSummary(True, recipe.train.steps, log.evals, asdict(driver.counters), str(run_dir),
+                      time.time() - t0, dict(driver.versions), driver.sync.served_versions())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from cluster.config import TrainConfig
 from rollout.types import Episode
@@ -56,6 +56,17 @@ class Counters:
     dropped_stale: int = 0
     retried_shards: int = 0
     worker_restarts: int = 0
+
+    def restore(self, saved: Mapping[str, int]) -> None:
+        """Take the counts of a checkpoint's ``driver.json`` (``saved``: field name -> count)."""
+        unknown = set(saved) - set(vars(self))
+        if unknown:
+            raise ValueError(f"checkpoint counters: unknown names {sorted(unknown)}")
+        self.produced = int(saved.get("produced", self.produced))
+        self.trained = int(saved.get("trained", self.trained))
+        self.dropped_stale = int(saved.get("dropped_stale", self.dropped_stale))
+        self.retried_shards = int(saved.get("retried_shards", self.retried_shards))
+        self.worker_restarts = int(saved.get("worker_restarts", self.worker_restarts))
 
 
 def summarize(episodes: Sequence[Episode]) -> dict[str, float]:

@@ -1,14 +1,13 @@
 """Drive the real duet-rl system for a number of steps and keep its per-step figures.
 
-The run is assembled exactly as ``duet train`` assembles it (:func:`cluster.run.init_ray`,
-:func:`cluster.run.load_items`, :func:`cluster.assemble.build_runtime`: placement groups, a
-DeepSpeed learner rank, a vLLM rollout worker, the weight-sync service, version 1 published and
-proven), then :meth:`cluster.driver.Driver.train` runs the phases one after the other on the same
-actors: e.g. ``[("sync", 8), ("async", 6)]``. Per-step figures are the driver's own (the rows of the
-run's ``metrics.parquet``, long format: step, scope, name, value): ``rollout/time/step`` (sample ->
-update -> sync, wall), ``rollout/time/sample`` (waiting for the step's rollouts) and the learner
-rank's ``learner/policy/time/step`` (inside the rank). Start-up (Ray, actors, first publish) is
-timed separately and never enters a step. Peak memory of every process is sampled meanwhile.
+The run is started and stopped by the lifecycle ``duet train`` uses (:func:`cluster.run.live_run`:
+Ray, the data, placement groups, a DeepSpeed learner rank, a vLLM rollout worker, the weight-sync
+service, version 1 published and proven; then teardown), and :meth:`cluster.driver.Driver.train`
+runs the phases one after the other on the same actors: e.g. ``[("sync", 8), ("async", 6)]``.
+Per-step figures are the driver's own (the rows of the run's ``metrics.parquet``, long format: step,
+scope, name, value): ``rollout/time/step`` (sample -> update -> sync, wall), ``rollout/time/sample``
+(waiting for the step's rollouts) and the learner rank's ``learner/policy/time/step`` (inside the
+rank). Start-up (Ray, actors, first publish) is timed separately and never enters a step. Peak memory of every process is sampled meanwhile.
 """
 
 from __future__ import annotations
@@ -78,12 +77,9 @@ def with_mode(recipe: Any, mode: str) -> Any:
 
 def run_duet(e2e: E2ESettings, phases: Sequence[tuple[str, int]], work_dir: Path) -> DuetRun:
     """Start the system once, run ``phases`` (mode, steps) in order, tear it down (module doc)."""
-    import ray
-
-    from cluster.assemble import build_runtime
     from cluster.config import load_recipe
     from cluster.progress import RunLog
-    from cluster.run import init_ray, load_items
+    from cluster.run import live_run
 
     total = sum(n for _, n in phases)
     recipe = load_recipe(None, recipe_overrides(e2e, "bench", work_dir, total))
@@ -91,24 +87,15 @@ def run_duet(e2e: E2ESettings, phases: Sequence[tuple[str, int]], work_dir: Path
     bounds = []
     with PeakSampler() as sampler:
         t0 = time.perf_counter()
-        started = init_ray(recipe)
-        try:
-            items, _ = load_items(recipe, log)
-            driver, teardown = build_runtime(recipe, items, log, model_dirs(recipe))
+        with live_run(recipe, log, model_dirs(recipe)) as live:
             startup = time.perf_counter() - t0
-            try:
-                start = 0
-                for mode, n in phases:
-                    driver.recipe = with_mode(recipe, mode)
-                    driver.train(start, start + n, lambda step: None)
-                    bounds.append((mode, start, start + n))
-                    start += n
-                counters = asdict(driver.counters)
-            finally:
-                teardown()
-        finally:
-            if started:
-                ray.shutdown()
+            driver, start = live.driver, 0
+            for mode, n in phases:
+                driver.recipe = with_mode(recipe, mode)
+                driver.train(start, start + n, lambda step: None)
+                bounds.append((mode, start, start + n))
+                start += n
+            counters = asdict(driver.counters)
     figures = step_figures(log.rows)
     processes = tuple((pid, role, kib / 1024) for pid, (role, kib) in sorted(sampler.peaks.items()))
     return DuetRun(startup, tuple(phase_of(figures, *b) for b in bounds), tuple(sampler.result()), own_peak_mib(),

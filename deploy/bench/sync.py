@@ -104,10 +104,13 @@ def adapter_syncs(recipe: Any, learner: Any, workers: Mapping[str, Any], version
     from cluster.actors import register_workers, start_sync_service
     from cluster.assemble import PROBE
     from cluster.driver import Driver
+    from cluster.ray_fleet import RayFleet, RaySyncClient
 
     service = start_sync_service(PROBE, tolerance=1e-3)
     register_workers(service, workers)
-    driver = Driver(recipe, dict(workers), {"policy": learner}, service, _Log(), [], versions)
+    sync = RaySyncClient(service, {"policy": learner}, PROBE, {"policy": recipe.proof_tolerance("policy")})
+    adapters = {role: rc.adapter for role, rc in recipe.rollout.roles().items()}
+    driver = Driver(recipe, RayFleet(workers), {"policy": learner}, sync, _Log(), [], adapters, versions)
     service_s, driver_s, load_s, nodes = [], [], [], set()
     try:
         for _ in range(n):

@@ -1,0 +1,108 @@
+"""Ray implementations of the driver's interfaces (:mod:`cluster.fleet`): the edge where Ray meets it.
+
+:class:`RayFleet` wraps the rollout-worker actor handles (:func:`cluster.actors.rollout_worker_actor`,
+restarted by Ray after a death) and turns Ray's ``RayActorError`` into :class:`cluster.fleet.WorkerDied`.
+:class:`RaySyncClient` wraps the weight-sync service actor and the learner groups: it exports a
+role's adapter, scores the run's fixed probe with the learner and publishes both to the service.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import ray
+from ray.exceptions import RayActorError
+
+from cluster.fleet import CallKind, WorkerDied
+from cluster.weight_sync import Probe, SyncReport
+from rollout.adapter_artifact import AdapterArtifact
+from rollout.episode_arrow import EpisodeBatch
+
+RESTART_TIMEOUT_S = 300.0
+"""How long :meth:`RayFleet.wait_restart` waits for Ray to bring a dead worker back."""
+
+
+class RayPending:
+    """One started actor call; :meth:`result` is its ``ray.get``."""
+
+    def __init__(self, worker_id: str, future: ray.ObjectRef) -> None:
+        self.worker_id, self.future = worker_id, future
+
+    def result(self) -> tuple[EpisodeBatch, Any]:
+        try:
+            return ray.get(self.future)
+        except RayActorError as e:
+            raise WorkerDied(self.worker_id, str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+
+
+class RayFleet:
+    """The rollout-worker actors by id (:class:`cluster.fleet.RolloutFleet`)."""
+
+    def __init__(self, workers: Mapping[str, Any]) -> None:
+        self.workers = dict(workers)
+
+    def worker_ids(self) -> list[str]:
+        return sorted(self.workers)
+
+    def start(self, kind: CallKind, worker_id: str, items: Sequence[Any], versions: Mapping[str, int],
+              step: int, greedy_roles: Sequence[str] = ()) -> RayPending:
+        handle = self.workers[worker_id]
+        if kind is CallKind.ROLLOUT:
+            future = handle.rollout.remote(list(items), dict(versions), step=step, greedy_roles=tuple(greedy_roles))
+        else:
+            future = handle.evaluate.remote(list(items), dict(versions), step=step)
+        return RayPending(worker_id, future)
+
+    def wait_restart(self, worker_id: str) -> int:
+        # a call to a restarting actor fails at once (ActorUnavailableError) unless it may be retried:
+        # ``pid`` (idempotent) is, so it waits for the restart instead of failing the run
+        call = self.workers[worker_id].pid.options(max_task_retries=-1)
+        return ray.get(call.remote(), timeout=RESTART_TIMEOUT_S)
+
+    def pids(self) -> dict[str, int]:
+        """Worker id -> process id now (asked of every worker at once)."""
+        ids = self.worker_ids()
+        return dict(zip(ids, ray.get([self.workers[w].pid.remote() for w in ids])))
+
+    def kill(self) -> None:
+        """End every worker for good (no restart)."""
+        for handle in self.workers.values():
+            ray.kill(handle, no_restart=True)
+
+
+class RaySyncClient:
+    """Publishes through the weight-sync service actor (:class:`cluster.fleet.SyncClient`).
+
+    ``learners`` are the trained roles' learner groups, ``probe`` the fixed probe the service was
+    started with, ``tolerances`` each role's proof bound. The last export of each role is kept, so
+    publishing the same version again (a worker died during its sync) sends the same payload."""
+
+    def __init__(self, service: Any, learners: Mapping[str, Any], probe: Probe,
+                 tolerances: Mapping[str, float]) -> None:
+        self.service, self.learners, self.probe = service, dict(learners), probe
+        self.tolerances = dict(tolerances)
+        self._exported: dict[str, tuple[int, AdapterArtifact, list[float]]] = {}
+
+    def publish(self, role: str, version: int) -> SyncReport:
+        payload, expected = self._export(role, version)
+        return ray.get(self.service.publish.remote(payload, expected, self.tolerances[role]))
+
+    def _export(self, role: str, version: int) -> tuple[AdapterArtifact, list[float]]:
+        """(payload, the learner's probe log-probs) of ``role`` at ``version``, exported once."""
+        kept = self._exported.get(role)
+        if kept is None or kept[0] != version:
+            learner = self.learners[role]
+            payload = AdapterArtifact.from_files(learner.adapter_files(version))
+            kept = (version, payload, learner.probe_logprobs(self.probe))
+            self._exported[role] = kept
+        return kept[1], kept[2]
+
+    def catch_up(self, worker_id: str) -> list[SyncReport]:
+        return ray.get(self.service.catch_up.remote(worker_id))
+
+    def served_versions(self) -> dict[str, dict[str, int]]:
+        return ray.get(self.service.served_versions.remote())
+
+    def kill(self) -> None:
+        """End the service actor."""
+        ray.kill(self.service)
