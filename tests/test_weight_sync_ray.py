@@ -2,7 +2,7 @@
 over the session's two nodes, a WeightSyncService with the Ray transport in the driver.
 
 The tests run in file order on one fleet: publish (policy v1, v2, observer v1) -> corrupt v3 ->
-kill and catch up.
+kill and catch up -> policy v3 put into the object store by another actor (as the learner's rank 0).
 """
 
 import math
@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from cluster.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterPayload
 from cluster.placement import RoleSpec, bundle_strategy, create_placement_groups, plan_resources, \
     remove_placement_groups
-from cluster.weight_sync import Probe, WeightSyncService
+from cluster.weight_sync import Probe, StoredArtifact, WeightSyncService
+from rollout.adapter_artifact import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterArtifact
 
 pytestmark = pytest.mark.ray
 
@@ -29,13 +29,13 @@ def fake_logprobs(version):
 
 def payload(role, version, weights=None):
     weights = weights or f"{role}-v{version}".encode() * 50_000  # ~500 KB: over Ray's inline limit
-    return AdapterPayload.build(role, version, "fake-vlm", {ADAPTER_CONFIG: b'{"r": 8}', ADAPTER_WEIGHTS: weights})
+    return AdapterArtifact.build(role, version, "fake-vlm", {ADAPTER_CONFIG: b'{"r": 8}', ADAPTER_WEIGHTS: weights})
 
 
 def corrupt(p):
     bad = bytearray(p.files[ADAPTER_WEIGHTS])
     bad[-1] ^= 0xFF
-    return AdapterPayload(p.role, p.version, p.sha256, p.base_model, {**p.files, ADAPTER_WEIGHTS: bytes(bad)})
+    return AdapterArtifact(p.role, p.version, p.sha256, p.base_model, {**p.files, ADAPTER_WEIGHTS: bytes(bad)})
 
 
 def make_worker():
@@ -156,7 +156,7 @@ def test_rollouts_use_the_synced_versions(fleet):
     assert stats.num_episodes == 2  # group_size 2 for one task
 
 
-def test_corrupt_payload_is_refused_and_reported(fleet):
+def test_corrupt_artifact_is_refused_and_reported(fleet):
     ray, handles, service = fleet
     bad = corrupt(payload("policy", 3))
     ack = ray.get(handles["w0"].sync_adapter.remote(bad, PROBE))  # one worker, directly
@@ -196,6 +196,37 @@ def test_killed_worker_restarts_and_catches_up(fleet):
     assert [a.worker_id for r in reports for a in r.acks] == ["w1", "w1"]
     assert ray.get(h.adapter_versions.remote()) == {"policy": 2, "observer": 1}
     assert service.served_versions()["w1"] == {"policy": 2, "observer": 1}
+
+
+class Exporter:
+    """Stands in for the learner's rank-0 actor: builds an artifact and puts it into the object store."""
+
+    def export(self, role, version):
+        from cluster.actors import store_artifact
+
+        return store_artifact(payload(role, version))
+
+
+def test_publish_of_an_artifact_stored_by_another_actor(fleet, ray_cluster):
+    # rank 0 puts the artifact; only its StoredArtifact (identity + ObjectRef) reaches this process
+    # and the service; the workers resolve the same reference from the object store
+    ray, handles, service = fleet
+    exporter = ray.remote(num_cpus=0)(Exporter).remote()
+    before = store_created_bytes(ray_cluster.address)
+    stored = ray.get(exporter.export.remote("policy", 3))
+    assert isinstance(stored, StoredArtifact) and (stored.role, stored.version) == ("policy", 3)
+    assert stored.sha256 == payload("policy", 3).sha256
+    report = service.publish(stored, fake_logprobs(3))
+    assert report.all_proven, report.failures
+    assert service.latest_handle("policy") == stored.ref
+    [loc] = ray.experimental.get_object_locations([stored.ref]).values()
+    assert set(loc["node_ids"]) == alive_nodes(ray)
+    # put once on the exporter's node, pulled once to the other node (+ a few bytes of the call's own
+    # small objects), as when the service put the record itself: the handle travels, not the bytes
+    created = store_created_bytes(ray_cluster.address) - before
+    assert 2 * loc["object_size"] <= created < 2 * loc["object_size"] + 1_000
+    assert ray.get([h.adapter_versions.remote() for h in handles.values()]) == [{"policy": 3, "observer": 1}] * 4
+    ray.kill(exporter)
 
 
 def test_metrics_are_accepted_by_ray(ray_session):
