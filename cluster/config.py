@@ -203,7 +203,9 @@ class Recipe(_Config):
     name: str = "run"
     """Run name (directory, metric tags)."""
     seed: int = 0
-    """Base seed of data generation, sampling and initialisation."""
+    """The run's seed: the data (training-task shuffle, env seeds) and the default of
+    ``rollout.seed`` (sampling) and ``roles.<r>.learner.seed`` (LoRA/value-head init, minibatch
+    shuffle, dropout); a component seed set explicitly keeps its value (:mod:`cluster.seeds`)."""
     roles: dict[str, RoleRuntime] = Field(default_factory=lambda: {"policy": RoleRuntime()})
     """Runtime of each role the rollout kind uses ("policy", or "reasoner" and "observer")."""
     rollout: RolloutConfig = RolloutConfig()
@@ -218,6 +220,13 @@ class Recipe(_Config):
     """Ray resources."""
     output: OutputConfig = OutputConfig()
     """Run outputs."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_is_the_default_seed(cls, data: Any) -> Any:
+        from cluster.seeds import with_seed_defaults
+
+        return with_seed_defaults(data)
 
     @model_validator(mode="after")
     def _roles_match_rollout(self) -> Recipe:
