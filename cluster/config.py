@@ -12,6 +12,7 @@ kept as a string) before validation, so an override is checked like the file its
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cluster.consistency import gpu_problems
 from learner.config import LearnerConfig
-from rollout.config import RolloutConfig
+from rollout.config import RoleConfig, RolloutConfig
 from rollout.engine.config import EngineConfig
 
 
@@ -197,6 +198,55 @@ class OutputConfig(_Config):
         return self
 
 
+@dataclass(frozen=True)
+class Role:
+    """One role of a run, both of its config branches joined (``roles.<r>`` and
+    ``rollout.<kind>.<r>``): what every layer needs to know about it, resolved once."""
+
+    name: str
+    """Role name ("policy", "reasoner", "observer", or a custom kind's)."""
+    model: str
+    """Base model reference (``roles.<r>.model``)."""
+    engine: EngineConfig
+    """The rollout engine serving the role (``roles.<r>.engine``)."""
+    learner: LearnerConfig | None
+    """The learner group training the role's adapter; None: the role is frozen."""
+    rollout: RoleConfig
+    """How the role generates: system prompt, sampling, adapter (``rollout.<kind>.<r>``)."""
+    adapter: str | None
+    """The LoRA adapter serving the role, the ONE key its versions go by everywhere (published
+    versions, required versions, served versions, staleness); None: the base model (frozen roles only)."""
+
+    @property
+    def trained(self) -> bool:
+        """Whether the role has a learner."""
+        return self.learner is not None
+
+
+@dataclass(frozen=True)
+class ResolvedRecipe:
+    """A recipe's roles, resolved once (:meth:`Recipe.resolve`)."""
+
+    roles: tuple[Role, ...]
+    """Every role of the rollout kind, sorted by name."""
+
+    def role(self, name: str) -> Role:
+        """The role called ``name`` (KeyError naming the roles otherwise)."""
+        for r in self.roles:
+            if r.name == name:
+                return r
+        raise KeyError(f"no role {name!r} (roles: {[r.name for r in self.roles]})")
+
+    @property
+    def trained(self) -> tuple[Role, ...]:
+        """The roles with a learner, sorted by name."""
+        return tuple(r for r in self.roles if r.trained)
+
+    def adapters(self) -> dict[str, str | None]:
+        """Role name -> adapter (None for a role on the base model)."""
+        return {r.name: r.adapter for r in self.roles}
+
+
 class Recipe(_Config):
     """A whole run."""
 
@@ -236,9 +286,13 @@ class Recipe(_Config):
                 f"roles: rollout kind {self.rollout.kind!r} uses roles {sorted(wanted)}, "
                 f"recipe defines {sorted(self.roles)}"
             )
+        rollout_roles = self.rollout.roles()
         for name, rt in self.roles.items():
             if rt.learner is not None and rt.learner.role != name:
                 raise ValueError(f"roles.{name}.learner.role: must be {name!r}, got {rt.learner.role!r}")
+            if rt.learner is not None and rollout_roles[name].adapter is None:
+                raise ValueError(f"rollout.{self.rollout.kind}.{name}.adapter: role {name!r} has a learner, "
+                                 f"so it needs an adapter name (e.g. adapter = {name!r})")
         if not self.trainable_roles and self.train.steps > 0:
             raise ValueError("roles: train.steps > 0 but no role has a learner")
         unknown = set(self.train.role_order) - set(self.trainable_roles)
@@ -281,6 +335,13 @@ class Recipe(_Config):
         if rt.proof_tolerance is not None:
             return rt.proof_tolerance
         return proof_tolerance(rt.engine.dtype, *([rt.learner.dtype] if rt.learner else []))
+
+    def resolve(self) -> ResolvedRecipe:
+        """The roles, each with its runtime and rollout settings joined (:class:`Role`)."""
+        rollout_roles = self.rollout.roles()
+        return ResolvedRecipe(tuple(
+            Role(name, rt.model, rt.engine, rt.learner, rollout_roles[name], rollout_roles[name].adapter)
+            for name, rt in sorted(self.roles.items())))
 
     @property
     def trainable_roles(self) -> tuple[str, ...]:

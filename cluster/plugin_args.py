@@ -134,7 +134,7 @@ def reward_problems(index: int, name: str, kwargs: Mapping[str, Any]) -> list[Pr
 
 def plugin_problems(recipe: Any) -> list[Problem]:
     """Every problem of the recipe's task source and reward arguments, in recipe order."""
-    problems = data_problems(recipe.data, uses_tasks=recipe.rollout.kind != "env")
+    problems = data_problems(recipe.data, uses_tasks=recipe.rollout.spec.uses_tasks)
     for i, term in enumerate(recipe.rewards):
         problems += reward_problems(i, term.name, term.kwargs)
     return problems

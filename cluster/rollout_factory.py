@@ -11,7 +11,7 @@ the same engines and adapters, one greedy sample per held-out task.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from cluster.config import Recipe
 from rewards import build_reward
@@ -19,18 +19,12 @@ from rewards.composite import weighted_sum
 from rollout.config import RolloutConfig
 from rollout.engine.base import Engine
 from rollout.episode_arrow import EpisodeBatch
-from rollout.types import Task
 from rollout.worker import RolloutStats, RolloutWorker
 
 
 def eval_config(config: RolloutConfig) -> RolloutConfig:
     """``config`` with G = 1 and greedy sampling for every role (deterministic evaluation)."""
-    update: dict = {"group_size": 1, "transcripts": config.transcripts}
-    for section, roles in (("single_turn", ("policy",)), ("env", ("policy",)),
-                           ("dialogue", ("reasoner", "observer"))):
-        sub = getattr(config, section)
-        update[section] = sub.model_copy(update={r: getattr(sub, r).greedy() for r in roles})
-    return config.model_copy(update=update)
+    return config.evaluation()
 
 
 class TrainEvalWorker(RolloutWorker):
@@ -40,7 +34,7 @@ class TrainEvalWorker(RolloutWorker):
         super().__init__(config, engines, reward)
         self.evaluator = RolloutWorker(eval_config(config), engines, reward)
 
-    def evaluate(self, items: Sequence[Task] | Sequence[int], versions: Mapping[str, int],
+    def evaluate(self, items: Sequence[Any], versions: Mapping[str, int],
                  *, step: int = 0) -> tuple[EpisodeBatch, RolloutStats]:
         return self.evaluator.rollout(items, versions, step=step)
 
@@ -67,10 +61,10 @@ class RolloutWorkerFactory:
         recipe = Recipe.model_validate_json(self.recipe_json)
         engines: dict[str, Engine] = {}
         shared: dict[str, Engine] = {}
-        for role, rt in sorted(recipe.roles.items()):
-            model_dir = self.model_dirs[role]
-            key = model_dir + rt.engine.model_dump_json()
+        for role in recipe.resolve().roles:
+            model_dir = self.model_dirs[role.name]
+            key = model_dir + role.engine.model_dump_json()
             if key not in shared:
-                shared[key] = VLLMEngine(model_dir, rt.engine)
-            engines[role] = shared[key]
+                shared[key] = VLLMEngine(model_dir, role.engine)
+            engines[role.name] = shared[key]
         return TrainEvalWorker(recipe.rollout, engines, build_reward_fn(recipe))

@@ -38,13 +38,20 @@ class RunSummary:
 
 
 def load_items(recipe: Recipe, log) -> tuple[list[Any], list[Any]]:
-    """(training items, held-out evaluation items): tasks, or env seeds for environment episodes.
-    Bad dataset rows are skipped and counted (reported here), never silently used."""
-    if recipe.rollout.kind == "env":
-        n = max(recipe.data.tasks_per_step * max(recipe.train.steps, 1), 1)
-        train = [recipe.seed * 1_000_003 + i for i in range(n)]
-        held_out = [10**9 + recipe.seed * 1_000_003 + i for i in range(recipe.data.eval_size)]
-        return train, held_out
+    """(training items, held-out evaluation items) of ``recipe``'s rollout kind
+    (``RolloutKind.items``): tasks of the data source, or env seeds for environment episodes."""
+    from rollout.kinds.base import ItemSource
+
+    d = recipe.data
+    source = ItemSource(seed=recipe.seed, train_size=d.tasks_per_step * max(recipe.train.steps, 1),
+                        eval_size=d.eval_size, tasks=lambda: load_tasks(recipe, log))
+    return recipe.rollout.spec.items(source)
+
+
+def load_tasks(recipe: Recipe, log) -> tuple[list[Any], list[Any]]:
+    """(training tasks, held-out tasks) of the recipe's data source: training tasks shuffled by the
+    recipe's seed, held-out ones cut to ``data.eval_size``. Bad dataset rows are skipped and counted
+    (reported here), never silently used; a task id in both splits is an error."""
     from rollout.tasks import load_task_source
     from rollout.tasks.images import resize_task_images
 

@@ -37,15 +37,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rollout.chat import ChatFormat
-from rollout.config import DialogueConfig, RoleConfig
 from rollout.engine.base import Engine, Request
 from rollout.episode_arrow import EpisodeBatch
+from rollout.kinds.base import Messages, RoleConfig, opening
 from rollout.single_turn import (
     collect_images,
     derive_seed,
+    encode_messages,
     episode_id,
     extract_answer,
     format_choices,
@@ -57,12 +58,29 @@ from rollout.single_turn import (
 )
 from rollout.types import Episode, Reward, Task, Turn
 
+if TYPE_CHECKING:
+    from rollout.kinds.dialogue import DialogueConfig
+
 _SPECIAL = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 
 
 def crossing_text(text: str) -> str:
     """Text handed from one role to the other: special-token strings removed, whitespace stripped."""
     return _SPECIAL.sub("", text).strip()
+
+
+def observer_opening(cfg: DialogueConfig) -> Messages:
+    """The Observer's first messages: its system prompt, the caption request (the image goes there)."""
+    return opening(cfg.observer.system_prompt, cfg.caption_prompt)
+
+
+def reasoner_opening(task: Task, cfg: DialogueConfig, caption: str) -> Messages:
+    """The Reasoner's first messages for ``task`` given the Observer's ``caption``: its system prompt,
+    the templated task (with the final-answer request at once when K = 0). The rollout and the SFT
+    warm start (``DialogueConfig.sft_examples``) both build these messages here."""
+    first = cfg.reasoner_template.format(question=task.question, choices=format_choices(task.choices),
+                                         caption=caption)
+    return opening(cfg.reasoner.system_prompt, _with_final(first, cfg) if cfg.max_questions == 0 else first)
 
 
 @dataclass
@@ -97,12 +115,13 @@ class _Side:
         self.role, self.engine, self.cfg, self.images = role, engine, cfg, images
         self.chat = ChatFormat(engine.tokenizer)
 
-    def add_user(self, d: _Dialogue, text: str, num_images: int = 0) -> None:
-        """Append a user message (opening the context with the system message if it is empty)."""
-        ctx = d.ctx[self.role]
-        if not ctx and self.cfg.system_prompt:
-            ctx += self.chat.message("system", self.cfg.system_prompt)
-        ctx += self.chat.message("user", text, num_images)
+    def open(self, d: _Dialogue, messages: Messages, num_images: int = 0) -> None:
+        """Start this role's context with its first ``messages`` (images in the first user message)."""
+        d.ctx[self.role] = encode_messages(self.chat, messages, num_images)
+
+    def add_user(self, d: _Dialogue, text: str) -> None:
+        """Append a user message to this role's context."""
+        d.ctx[self.role] += self.chat.message("user", text)
 
     def turn(self, dialogues: Sequence[_Dialogue], seed: int, step: int) -> list[tuple[_Dialogue, str]]:
         """One engine call for those of ``dialogues`` whose next prompt fits the engine (the others
@@ -144,13 +163,10 @@ def run_dialogues(reasoner: Engine, observer: Engine, tasks: Sequence[Task], cfg
     rsn = _Side("reasoner", reasoner, cfg.reasoner, images=False)
     ds = [_Dialogue(t, k, group_id(t.task_id, step)) for t in tasks for k in range(group_size)]
     for d in ds:
-        obs.add_user(d, cfg.caption_prompt, len(task_images(d.task)))
+        obs.open(d, observer_opening(cfg), len(task_images(d.task)))
     for d, caption in obs.turn(ds, seed, step):
-        if not d.live:
-            continue
-        first = cfg.reasoner_template.format(question=d.task.question, choices=format_choices(d.task.choices),
-                                             caption=crossing_text(caption))
-        rsn.add_user(d, _with_final(first, cfg) if cfg.max_questions == 0 else first)
+        if d.live:
+            rsn.open(d, reasoner_opening(d.task, cfg, crossing_text(caption)))
     for r in range(1, cfg.max_questions + 1):
         asking = _ask(rsn, obs, [d for d in ds if d.live], cfg, seed, step)
         for d, reply in obs.turn(asking, seed, step):

@@ -23,13 +23,12 @@ import io
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from rollout.chat import ChatFormat, expand_image_pads
-from rollout.config import EnvEpisodeConfig
 from rollout.engine.base import Completion, Engine, Request
 from rollout.envs import (
     CardsEnv,
@@ -43,6 +42,9 @@ from rollout.envs.spans import CharSpan
 from rollout.episode_arrow import EpisodeBatch, image_hash
 from rollout.single_turn import derive_seed, episode_id, group_id, make_turn, score, timed_generate
 from rollout.types import Episode, Reward, Span, Task, Turn
+
+if TYPE_CHECKING:
+    from rollout.kinds.env import EnvEpisodeConfig
 
 
 def encode_png(observation: np.ndarray) -> bytes:

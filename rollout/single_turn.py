@@ -18,13 +18,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rollout.chat import ChatFormat
-from rollout.config import AnswerFormat, RoleConfig, SingleTurnConfig
 from rollout.engine.base import Completion, Engine, Request
 from rollout.episode_arrow import EpisodeBatch, image_hash
+from rollout.kinds.base import AnswerFormat, Messages, RoleConfig, opening
 from rollout.types import Episode, Reward, Task, Turn
+
+if TYPE_CHECKING:
+    from rollout.kinds.single_turn import SingleTurnConfig
 
 # ----------------------------------------------------------------------------- shared helpers
 
@@ -108,10 +111,25 @@ def collect_images(tasks: Sequence[Task]) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- single turn
 
 
-def build_prompt(chat: ChatFormat, task: Task, cfg: SingleTurnConfig) -> list[int]:
-    """System message, the templated user message (with the task's image), assistant header."""
+def encode_messages(chat: ChatFormat, messages: Messages, num_images: int = 0) -> list[int]:
+    """ChatML ids of ``messages``, the ``num_images`` image placeholders in the first user message."""
+    ids: list[int] = []
+    for role, text in messages:
+        ids += chat.message(role, text, num_images if role == "user" else 0)
+        num_images = 0 if role == "user" else num_images
+    return ids
+
+
+def prompt_messages(task: Task, cfg: SingleTurnConfig) -> Messages:
+    """The policy's messages for ``task``: its system prompt, then the templated user message (the
+    rollout's prompt and the SFT warm start's transcript both start with exactly these)."""
     user = cfg.prompt_template.format(question=task.question, choices=format_choices(task.choices))
-    return chat.prompt(cfg.policy.system_prompt, user, num_images=len(task_images(task)))
+    return opening(cfg.policy.system_prompt, user)
+
+
+def build_prompt(chat: ChatFormat, task: Task, cfg: SingleTurnConfig) -> list[int]:
+    """:func:`prompt_messages` (with the task's image), then the assistant header."""
+    return encode_messages(chat, prompt_messages(task, cfg), len(task_images(task))) + chat.generation_prompt()
 
 
 def sample_groups(engine: Engine, tasks: Sequence[Task], cfg: SingleTurnConfig, group_size: int, *,

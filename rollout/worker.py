@@ -1,15 +1,9 @@
 """The rollout worker: engines by role, one ``rollout`` call, adapter loading, version checks.
 
 A plain class (``cluster/`` wraps it in a Ray actor; no ray import here, as RLlib's ``EnvRunner``).
-It composes the three rollout kinds by ``RolloutConfig.kind``:
-
-=============  ==========================================  ======================  =============
-kind           function                                    items                   engine roles
-=============  ==========================================  ======================  =============
-single_turn    :func:`rollout.single_turn.sample_groups`   :class:`Task` s         policy
-dialogue       :func:`rollout.dialogue.run_dialogues`      :class:`Task` s         reasoner, observer
-env            :func:`rollout.env_episode.run_env_episodes` env seeds (int)        policy
-=============  ==========================================  ======================  =============
+Everything that differs by rollout kind (its roles, its items, running a batch) is the kind's own
+(:class:`rollout.kinds.base.RolloutKind`, the section ``config.spec``); the worker holds one engine
+per role and checks adapter versions around the kind's ``run``.
 
 Stale adapters never serve silently (verl #7495, OpenRLHF #546, TRL #2872: rollouts quietly made by
 the initial policy): ``rollout`` refuses to start when an engine serves an older adapter version
@@ -21,16 +15,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from rollout.config import RolloutConfig
-from rollout.dialogue import run_dialogues
 from rollout.engine.base import AdapterRef, Engine
-from rollout.env_episode import run_env_episodes
 from rollout.episode_arrow import EpisodeBatch
-from rollout.single_turn import sample_groups
 from rollout.transcript import with_transcript
 from rollout.types import Reward, Task
 
@@ -94,18 +85,17 @@ class RolloutWorker:
             raise ValueError(f"RolloutWorker: kind {config.kind!r} needs engines for roles "
                              f"{sorted(config.roles())}, missing {sorted(missing)}")
         self.config, self.engines, self.reward = config, dict(engines), reward
+        self.adapters: dict[str, str | None] = {role: cfg.adapter for role, cfg in config.roles().items()}
+        """Role -> the adapter serving it (None: the base model)."""
 
     def _engines_for(self, adapter: str) -> list[Engine]:
         """Distinct engines whose role is served by ``adapter`` (one engine may serve two roles)."""
-        found: dict[int, Engine] = {}
-        for role, cfg in self.config.roles().items():
-            if cfg.adapter == adapter:
-                found[id(self.engines[role])] = self.engines[role]
+        found = {id(self.engines[r]): self.engines[r] for r, a in self.adapters.items() if a == adapter}
         return list(found.values())
 
     def adapter_versions(self) -> dict[str, int]:
         """Version served for each adapter the roles use (the oldest, if several engines serve it)."""
-        names = {cfg.adapter for cfg in self.config.roles().values() if cfg.adapter is not None}
+        names = {a for a in self.adapters.values() if a is not None}
         return {n: min(e.adapter_versions().get(n, 0) for e in self._engines_for(n)) for n in sorted(names)}
 
     def load_adapter(self, ref: AdapterRef) -> None:
@@ -139,19 +129,18 @@ class RolloutWorker:
             detail = ", ".join(f"{n}: serves v{s}, need v{v}" for n, (s, v) in sorted(stale.items()))
             raise StaleAdapterError(f"refusing to roll out with stale adapters ({detail})")
 
-    def rollout(self, items: Sequence[Task] | Sequence[int], versions: Mapping[str, int], *,
+    def rollout(self, items: Sequence[Any], versions: Mapping[str, int], *,
                 step: int = 0, greedy_roles: Sequence[str] = ()) -> tuple[EpisodeBatch, RolloutStats]:
-        """G episodes per task (or env seed) as one :class:`EpisodeBatch`, plus its stats.
+        """G episodes per item (what the kind takes: a task, an env seed) as one
+        :class:`EpisodeBatch`, plus its stats.
 
         ``versions`` maps adapter name -> the minimum version the caller requires; ``step`` is the
         training step (it makes episode ids and sampling seeds unique per step); ``greedy_roles``
-        (dialogues) sample at temperature 0 in this call (roles frozen in an alternating phase).
+        (kinds with several roles) sample at temperature 0 in this call (roles frozen in an
+        alternating phase).
         """
         self.check_versions(versions)
-        unknown = set(greedy_roles) - set(self.config.roles())
-        if unknown or (greedy_roles and self.config.kind != "dialogue"):
-            raise ValueError(f"greedy_roles: {sorted(greedy_roles)} cannot be frozen in a {self.config.kind} "
-                             f"rollout (dialogue roles: reasoner, observer)")
+        self.config.spec.check_greedy_roles(greedy_roles)
         t0 = time.perf_counter()
         batch = self._run(items, step, tuple(greedy_roles))
         wall = time.perf_counter() - t0
@@ -162,36 +151,18 @@ class RolloutWorker:
                                  batch.images)
         return batch, batch_stats(batch, wall)
 
-    def _run(self, items: Sequence[Task] | Sequence[int], step: int, greedy_roles: tuple[str, ...] = ()) -> EpisodeBatch:
-        c, g = self.config, self.config.group_size
-        common = {"reward": self.reward, "step": step, "seed": c.seed}
-        if c.kind == "env":
-            seeds = [_env_seed(x) for x in items]
-            return run_env_episodes(self.engines["policy"], seeds, c.env, g, **common)
-        tasks = [_task(x) for x in items]
-        if c.kind == "dialogue":
-            cfg = c.dialogue.with_greedy(greedy_roles) if greedy_roles else c.dialogue
-            return run_dialogues(self.engines["reasoner"], self.engines["observer"], tasks, cfg, g, **common)
-        return sample_groups(self.engines["policy"], tasks, c.single_turn, g, **common)
+    def _run(self, items: Sequence[Any], step: int, greedy_roles: tuple[str, ...] = ()) -> EpisodeBatch:
+        """The kind's batch, with ``greedy_roles`` sampling greedily in this call only."""
+        spec = self.config.spec.with_greedy(greedy_roles) if greedy_roles else self.config.spec
+        return spec.run(self.engines, items, self.config.group_size, reward=self.reward, step=step,
+                        seed=self.config.seed)
 
     def _check_turns(self, batch: EpisodeBatch, versions: Mapping[str, int]) -> None:
         """Every turn must come from at least the required version of its role's adapter."""
-        adapters = {role: cfg.adapter for role, cfg in self.config.roles().items()}
         for e in batch.episodes:
             for t in e.turns:
-                need = versions.get(adapters.get(t.role) or "", 0)
+                need = versions.get(self.adapters.get(t.role) or "", 0)
                 if t.adapter_version < need:
                     raise StaleAdapterError(f"episode {e.episode_id}: a {t.role} turn was generated "
                                             f"by v{t.adapter_version}, required v{need}")
 
-
-def _env_seed(x: object) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"env rollouts take integer env seeds, got {type(x).__name__}: {x!r}")
-    return int(x)
-
-
-def _task(x: object) -> Task:
-    if not isinstance(x, Task):
-        raise TypeError(f"single_turn/dialogue rollouts take Task records, got {type(x).__name__}")
-    return x

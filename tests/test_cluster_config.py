@@ -108,10 +108,10 @@ def test_eval_config_is_greedy_single_sample():
 
 
 def test_sft_examples_use_the_rollout_prompt_and_answer_format():
-    from cluster.sft_data import sft_examples
+    from cluster.sft_data import sft_examples_for
 
     recipe = load_recipe(None, ('rollout.single_turn.prompt_template="Q: {question}"',
                                 'rollout.single_turn.answer.pattern="<answer>(.*?)</answer>"'))
-    [ex] = sft_examples(recipe, [Task("t", "what color?", "red", image=b"png")])
+    [ex] = sft_examples_for(recipe, [Task("t", "what color?", "red", image=b"png")])["policy"]
     assert ex.messages == (("user", "Q: what color?"), ("assistant", "<answer>red</answer>"))
     assert ex.image == b"png"

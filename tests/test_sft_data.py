@@ -4,7 +4,7 @@ import pytest
 
 from cluster.config import load_recipe
 from cluster.recipes import recipe_path
-from cluster.sft_data import dialogue_sft_examples
+from cluster.sft_data import sft_examples_for
 from learner.sft import tokenize_examples
 from rewards import ExactMatch
 from rollout.dialogue import run_dialogues
@@ -32,7 +32,7 @@ def test_dialogue_sft_rows_equal_the_dialogue_tokens(questions):
         eng.load_adapter(AdapterRef(name, 1, "/x"))
     [episode] = run_dialogues(eng, eng, [TASK], recipe.rollout.dialogue, 1, reward=ExactMatch()).episodes
     assert [t.role for t in episode.turns] == ["observer", "reasoner"] and episode.reward == 1.0
-    examples = dialogue_sft_examples(recipe, [TASK, Task("t2", "q", "a")])  # t2: no caption, left out
+    examples = sft_examples_for(recipe, [TASK, Task("t2", "q", "a")])  # t2: no caption, left out
     assert {r: len(v) for r, v in examples.items()} == {"observer": 1, "reasoner": 1}
     for turn in episode.turns:
         batch = tokenize_examples(examples[turn.role], eng.tokenizer, 0, 512, image_tokens=lambda b: 4)
@@ -46,4 +46,4 @@ def test_dialogue_sft_rows_equal_the_dialogue_tokens(questions):
 def test_dialogue_warm_start_needs_captions():
     recipe = load_recipe(recipe_path("immo_dialogue"))
     with pytest.raises(ValueError, match=r"no task has metadata\['caption'\]"):
-        dialogue_sft_examples(recipe, [Task("t2", "q", "a")])
+        sft_examples_for(recipe, [Task("t2", "q", "a")])
