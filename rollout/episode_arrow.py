@@ -1,7 +1,14 @@
-"""The one Arrow schema for episodes crossing processes (rollout worker -> learner, and on disk).
+"""The one Arrow schema of episodes, for storing them (:meth:`EpisodeBatch.write_parquet`,
+:meth:`EpisodeBatch.read_parquet`) and for the exact round trip the tests check; a run writes no
+episode Parquet today (its transcripts are JSONL, :mod:`rollout.transcript`).
+
+Not the wire format: between processes (rollout worker -> driver -> learner) an
+:class:`EpisodeBatch` travels as the pickled dataclasses Ray sends by default, measured 1.5-2x
+faster per round trip than Arrow IPC to and from the dataclasses, for 2-6% more bytes
+(``python -m deploy.bench.wire_format``; the figures are in that module's docstring).
 
 Layout: one row per :class:`~rollout.types.Episode`; its turns are a ``list<struct>`` column whose
-token ids and log-probs are ragged ``list`` columns (no padding in transit). Images never travel
+token ids and log-probs are ragged ``list`` columns (no padding). Images never travel
 inside turns: a turn names its images by sha256 content hash, and an :class:`EpisodeBatch` carries a
 second table ``(hash, bytes)`` holding every distinct image once, however many turns or episodes
 (a group of G samples of one task) show it.

@@ -105,3 +105,14 @@ def test_from_arrow_rejects_foreign_schema():
     bad = pa.table({"episode_id": ["e"]})
     with pytest.raises(ValueError, match="schema"):
         EpisodeBatch.from_arrow(bad, pa.table({"hash": [], "bytes": []}))
+
+
+def test_wire_format_bench_round_trips_every_format_exactly():
+    from deploy.bench.wire_format import make_batch, measure
+
+    batch = make_batch(episodes=16, turns=2, tokens=8, with_images=True)
+    assert len(batch) == 16 and len(batch.images) == 2  # one image per group of 8
+    assert len(batch.episodes[0].turns[1].prompt_ids) == 8 + 8 + 32  # the context so far plus 32 ids
+    rows = measure(batch, reps=1)  # asserts each round trip equals the batch
+    assert [r[0] for r in rows] == ["pickle", "cloudpickle", "arrow-ipc", "arrow-ipc tables only"]
+    assert all(size > sum(map(len, batch.images.values())) for _, size, _, _ in rows)
