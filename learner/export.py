@@ -15,13 +15,11 @@ from typing import Mapping
 import torch
 from safetensors.torch import save as safetensors_save
 
-from rollout.adapter_artifact import (
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, STABLE, AdapterArtifact, read_artifact, write_artifact,
-)
+from rollout.adapter_artifact import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterArtifact, read_artifact, write_artifact
 from rollout.engine.base import AdapterRef
 
 __all__ = ["adapter_artifact", "export_dir", "ExportedAdapter", "adapter_files", "write_adapter",
-           "verify_adapter_dir", "STABLE"]
+           "verify_adapter_dir"]
 
 ExportedAdapter = AdapterRef
 """Where an adapter version was written (``path``) and its checksum (``sha256``)."""
