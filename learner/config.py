@@ -207,8 +207,9 @@ class SFTConfig(_Config):
 class LearnerConfig(_Config):
     """One learner group: the role it trains, the DeepSpeed world, the model heads, and sub-configs."""
 
-    role: Literal["policy", "reasoner", "observer"] = "policy"
-    """The role whose trainable turns this learner trains; other roles' turns are never touched."""
+    role: str = Field("policy", min_length=1)
+    """The role whose trainable turns this learner trains ("policy", "reasoner", "observer", or a
+    registered rollout kind's role); other roles' turns are never touched."""
     base_model_id: str = ""
     """Name written into exported adapters' manifests; empty = the model directory's name."""
     zero_stage: Literal[2, 3] = 2

@@ -49,7 +49,7 @@ def test_turn_checks_lengths_and_spans():
     with pytest.raises(ValueError, match="action_span"):
         _turn(action_span=Span(1, 3))
     with pytest.raises(ValueError, match="role"):
-        _turn(role="critic")
+        _turn(role="two words")  # any identifier is a role (a registered rollout kind names its own)
     with pytest.raises(ValueError, match="start"):
         Span(2, 1)
 
