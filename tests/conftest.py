@@ -24,6 +24,14 @@ def models_dir() -> Path:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _models_built_for_runs(request):
+    """A run resolves its models before Ray starts and never builds them (:mod:`cluster.models`),
+    so every end-to-end test gets the built-in models built (or reused) first."""
+    if request.node.get_closest_marker("e2e"):
+        request.getfixturevalue("models_dir")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: two raylets),
