@@ -115,3 +115,41 @@ def test_sft_examples_use_the_rollout_prompt_and_answer_format():
     [ex] = sft_examples_for(recipe, [Task("t", "what color?", "red", image=b"png")])["policy"]
     assert ex.messages == (("user", "Q: what color?"), ("assistant", "<answer>red</answer>"))
     assert ex.image == b"png"
+
+
+def test_recipe_resolves_into_typed_roles_once():
+    recipe = load_recipe(recipe_path("immo_dialogue"))
+    resolved = recipe.resolve()
+    assert [r.name for r in resolved.roles] == ["observer", "reasoner"]
+    observer = resolved.role("observer")
+    assert observer.adapter == observer.rollout.adapter == "observer"
+    assert observer.model == recipe.roles["observer"].model and observer.engine is recipe.roles["observer"].engine
+    assert observer.learner is recipe.roles["observer"].learner and observer.trained
+    assert observer.rollout is recipe.rollout.dialogue.observer
+    assert resolved.adapters() == {"observer": "observer", "reasoner": "reasoner"}
+    assert [r.name for r in resolved.trained] == list(recipe.trainable_roles)
+    frozen = build_recipe({"rollout": {"kind": "dialogue", "dialogue": {"observer": {"adapter": None}}},
+                           "roles": {"reasoner": {"learner": {"role": "reasoner"}}, "observer": {"learner": None}}})
+    assert frozen.resolve().adapters() == {"observer": None, "reasoner": "reasoner"}
+    assert not frozen.resolve().role("observer").trained
+
+
+def test_a_trained_role_without_an_adapter_fails_at_load_in_one_line():
+    with pytest.raises(RecipeError) as err:
+        build_recipe({"rollout": {"single_turn": {"policy": {"adapter": None}}}})
+    [line] = [ln for ln in str(err.value).splitlines() if "adapter" in ln]
+    assert line.strip() == ("(top level): Value error, rollout.single_turn.policy.adapter: role 'policy' has a "
+                            "learner, so it needs an adapter name (e.g. adapter = 'policy')")
+
+
+def test_rollout_sections_keep_the_recipe_shape():
+    recipe = load_recipe(recipe_path("immo_dialogue"))
+    dumped = recipe.model_dump(mode="json")["rollout"]
+    assert dumped["kind"] == "dialogue" and "spec" not in dumped and dumped["dialogue"]["max_questions"] >= 0
+    assert build_recipe(recipe.model_dump(mode="json")) == recipe
+    # a section of another registered kind is validated, then dropped (the default recipe's
+    # [rollout.single_turn] under --set rollout.kind=env); a bad one still fails at its path
+    with pytest.raises(RecipeError, match=r"rollout\.single_turn\.max_tokens: Extra inputs"):
+        load_recipe(None, ("rollout.kind=env", "rollout.single_turn.max_tokens=3"))
+    with pytest.raises(AttributeError, match="rollout.single_turn: this rollout's kind is 'dialogue'"):
+        recipe.rollout.single_turn
