@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rollout.engine.base import AdapterRejected
-from rollout.types import ROLES
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -74,7 +73,7 @@ class AdapterArtifact:
     """
 
     role: str
-    """Adapter slot: one of :data:`rollout.types.ROLES`; each role is versioned independently."""
+    """Adapter slot (an identifier, e.g. "policy"; it names a directory); each is versioned independently."""
     version: int
     """Learner's version counter for this role, >= 1 (0 is the base model)."""
     sha256: str
@@ -138,8 +137,8 @@ class AdapterArtifact:
 
 
 def _check_identity(role: str, version: int, sha256: str) -> None:
-    if role not in ROLES:
-        raise ValueError(f"AdapterArtifact.role: expected one of {ROLES}, got {role!r}")
+    if not role.isidentifier():
+        raise ValueError(f"AdapterArtifact.role: expected an identifier (an adapter name), got {role!r}")
     if version < 1:
         raise ValueError(f"AdapterArtifact.version: must be >= 1, got {version}")
     if not _HEX64.match(sha256):

@@ -48,7 +48,8 @@ def test_manifest_is_added_from_the_fields_and_must_agree_with_them():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(role="critic"), "role"),
+    (dict(role="../policy"), "role"),
+    (dict(role=""), "role"),
     (dict(version=0), "version"),
     (dict(sha256="XYZ"), "sha256"),
 ])
