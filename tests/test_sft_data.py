@@ -47,3 +47,26 @@ def test_dialogue_warm_start_needs_captions():
     recipe = load_recipe(recipe_path("immo_dialogue"))
     with pytest.raises(ValueError, match=r"no task has metadata\['caption'\]"):
         sft_examples_for(recipe, [Task("t2", "q", "a")])
+
+
+def test_single_turn_sft_rows_equal_the_rollout_tokens():
+    from rollout.single_turn import sample_groups
+
+    recipe = load_recipe(None, ('rollout.single_turn.policy.system_prompt="Be brief."',
+                                'rollout.single_turn.policy.sampling.max_tokens=64'))
+    reply = recipe.rollout.single_turn.answer.reference_reply("red")  # what the SFT teaches
+    eng = FakeEngine(lambda prompt, adapter, version, k: reply, image_tokens=4)
+    eng.load_adapter(AdapterRef("policy", 1, "/x"))
+    [episode] = sample_groups(eng, [TASK], recipe.rollout.single_turn, 1, reward=ExactMatch()).episodes
+    assert episode.reward == 1.0 and episode.answer == "red"
+    [turn] = episode.turns
+    [example] = sft_examples_for(recipe, [TASK])["policy"]
+    batch = tokenize_examples([example], eng.tokenizer, 0, 512, image_tokens=lambda b: 4)
+    row = batch.input_ids[0][batch.attention_mask[0]].tolist()
+    assert row == list(turn.prompt_ids + turn.output_ids) + eng.tokenizer.encode("\n")
+
+
+def test_environment_recipes_have_no_built_in_warm_start():
+    recipe = load_recipe(recipe_path("numberline_ppo"))
+    with pytest.raises(ValueError, match="covers single_turn and dialogue recipes"):
+        sft_examples_for(recipe, [])
