@@ -1,9 +1,11 @@
-"""A learner group on Ray: the DeepSpeed data-parallel ranks of one trained role, one actor each.
+"""The Ray backend of a learner group: one Ray actor per data-parallel rank.
 
-The plain :class:`learner.rank.LearnerRank` does the work; :class:`LearnerActor` is its Ray body
-and :class:`LearnerGroup` calls every rank with the same arguments (DeepSpeed collectives need all
-ranks) and returns rank 0's answer: the other ranks answer None (every rank's answer is the same
-global result), so only rank 0's result -- the adapter's bytes above all -- travels to the caller.
+:class:`RankActor` is the Ray body of one rank: it joins the world (:meth:`RankActor.setup`) and
+then runs whatever capability function the group sends (:meth:`RankActor.run`, ``fn(rank, *args)``);
+:class:`RayRanks` is the :class:`learner.group.Ranks` over those actors and :class:`LearnerGroup`
+the facade (:class:`learner.group.LearnerGroup`) on them. Arguments go into the object store once
+for all ranks; a result kept on its rank (:meth:`RayRanks.keep`, the adapter artifact) is put there
+by rank 0's actor and only its reference travels.
 Rendezvous: rank 0's actor reports its node IP and a free port there, then every rank joins the
 world at that address concurrently.
 
@@ -15,26 +17,19 @@ from __future__ import annotations
 
 import os
 import socket
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable
 
 import ray
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.weight_sync import Probe
+from learner import group
 from learner.config import LearnerConfig
 from learner.device import RankDevice, gpus_shared, noset_visible_devices, rank_device
-from learner.sft import SFTExample
-from rollout.episode_arrow import EpisodeBatch
-from rollout.types import Episode, Turn
 
-
-def probe_batch(probe: Probe, role: str) -> EpisodeBatch:
-    """The probe as a one-turn episode of ``role``, so the learner scores exactly its target ids."""
-    turn = Turn(role=role, prompt_ids=probe.prompt_ids, output_ids=probe.target_ids,
-                output_logprobs=(0.0,) * len(probe.target_ids), adapter_version=0)
-    return EpisodeBatch((Episode("probe", "probe", "probe", (turn,)),))
+__all__ = ["RankActor", "RayRanks", "LearnerGroup", "actor_device"]
 
 
 def actor_device(backend: str, rank: int, shares_gpu: bool) -> RankDevice:
@@ -45,9 +40,8 @@ def actor_device(backend: str, rank: int, shares_gpu: bool) -> RankDevice:
                        shares_gpu=shares_gpu)
 
 
-class LearnerActor:
-    """Ray body of one rank. Construction is cheap; :meth:`setup` joins the world and loads the model.
-    Every method answers None on ranks other than 0 (see the module doc)."""
+class RankActor:
+    """Ray body of one rank. Construction is cheap; :meth:`setup` joins the world and loads the model."""
 
     def __init__(self) -> None:
         self.rank = None
@@ -71,81 +65,56 @@ class LearnerActor:
         self.rank = LearnerRank(config, rank, world_size, addr, port, model_dir, device)
         return self.rank.init_seconds
 
-    def _rank0(self, value: Any) -> Any:
-        return value if self.rank.rank == 0 else None
-
-    def train_step(self, batch: EpisodeBatch) -> dict[str, float] | None:
-        return self._rank0(self.rank.train_step(batch))
-
-    def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float] | None:
-        return self._rank0(self.rank.sft_step(examples))
-
-    def adapter_files(self, version: int) -> dict[str, bytes] | None:
-        return self.rank.adapter_files(version)  # None on ranks > 0 (they only join the gather)
-
-    def probe_logprobs(self, probe: Probe) -> list[float] | None:
-        return self._rank0(self.rank.logprobs(probe_batch(probe, self.rank.config.role))[0])
-
-    def save_checkpoint(self, directory: str) -> str | None:
-        return self._rank0(self.rank.save_checkpoint(directory))
-
-    def load_checkpoint(self, directory: str) -> None:
-        self.rank.load_checkpoint(directory)
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(rank, *args)`` on this actor's rank."""
+        return fn(self.rank, *args)
 
 
-def rank0_result(refs: Sequence[ray.ObjectRef]) -> Any:
-    """Rank 0's result of one collective call. Every rank is waited for; ranks > 0 answer None, so
-    nothing of theirs is moved (Ray inlines such small replies with the task's completion), and
-    getting them still raises a rank's error instead of hiding it."""
-    results = ray.get(list(refs))
-    if any(r is not None for r in results[1:]):
-        raise RuntimeError("learner ranks > 0 returned results; only rank 0's are expected")
-    return results[0]
+def _put(fn: Callable[..., Any], rank: Any, *args: Any) -> list[ray.ObjectRef] | None:
+    """``fn(rank, *args)`` put into the object store by this actor: [its reference], or None."""
+    out = fn(rank, *args)
+    return None if out is None else [ray.put(out)]
 
 
-class LearnerGroup:
-    """All ranks of one role's learner. Every method runs on every rank and returns rank 0's result."""
+def _placement(pg: PlacementGroup | None, bundle: int) -> dict[str, Any]:
+    if pg is None:
+        return {}
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)}
 
-    def __init__(self, role: str, config: LearnerConfig, model_dir: str | Path, ranks: int,
-                 num_cpus: float, num_gpus: float, placement_group: PlacementGroup | None = None,
-                 first_bundle: int = 0) -> None:
-        self.role = role
-        cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(LearnerActor)
-        self.actors = [cls.options(**self._placement(placement_group, first_bundle + i)).remote()
-                       for i in range(ranks)]
+
+class RayRanks:
+    """The ranks of one learner group as Ray actors (a :class:`learner.group.Ranks`): ``ranks``
+    actors of ``num_cpus``/``num_gpus`` each, in bundles ``first_bundle ..`` of ``placement_group``."""
+
+    def __init__(self, config: LearnerConfig, model_dir: str | Path, ranks: int, num_cpus: float, num_gpus: float,
+                 placement_group: PlacementGroup | None = None, first_bundle: int = 0) -> None:
+        cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)(RankActor)
+        self.actors = [cls.options(**_placement(placement_group, first_bundle + i)).remote() for i in range(ranks)]
         addr, port = ray.get(self.actors[0].address.remote())
         shared = gpus_shared(ray.get([a.gpu_placement.remote() for a in self.actors]))
         self.init_seconds = max(ray.get([
             a.setup.remote(config, i, ranks, addr, port, str(model_dir), shared) for i, a in enumerate(self.actors)
         ]))
 
-    @staticmethod
-    def _placement(pg: PlacementGroup | None, bundle: int) -> dict[str, Any]:
-        if pg is None:
-            return {}
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle)}
+    def run(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """``fn(rank, *args)`` on every actor; every rank is waited for (ray.get raises a rank's error)."""
+        refs = [ray.put(a) for a in args]  # one copy in the object store for all ranks
+        return ray.get([actor.run.remote(fn, *refs) for actor in self.actors])
 
-    def train_step(self, batch: EpisodeBatch) -> dict[str, float]:
-        ref = ray.put(batch)  # one copy in the object store for all ranks
-        return rank0_result([a.train_step.remote(ref) for a in self.actors])
+    def keep(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """:meth:`run` whose non-None results each actor puts into the object store: [ObjectRef] or None."""
+        return self.run(partial(_put, fn), *args)
 
-    def sft_step(self, examples: Sequence[SFTExample]) -> dict[str, float]:
-        ref = ray.put(list(examples))
-        return rank0_result([a.sft_step.remote(ref) for a in self.actors])
-
-    def adapter_files(self, version: int) -> dict[str, bytes]:
-        """Rank 0's adapter files (every rank joins the gather; only rank 0's bytes are fetched)."""
-        return rank0_result([a.adapter_files.remote(version) for a in self.actors])
-
-    def probe_logprobs(self, probe: Probe) -> list[float]:
-        return rank0_result([a.probe_logprobs.remote(probe) for a in self.actors])
-
-    def save_checkpoint(self, directory: str | Path) -> str:
-        return rank0_result([a.save_checkpoint.remote(str(directory)) for a in self.actors])
-
-    def load_checkpoint(self, directory: str | Path) -> None:
-        ray.get([a.load_checkpoint.remote(str(directory)) for a in self.actors])
-
-    def shutdown(self) -> None:
+    def close(self) -> None:
         for a in self.actors:
             ray.kill(a)
+
+
+class LearnerGroup(group.LearnerGroup):
+    """A :class:`learner.group.LearnerGroup` on :class:`RayRanks` (``role`` names it in logs)."""
+
+    def __init__(self, role: str, config: LearnerConfig, model_dir: str | Path, ranks: int,
+                 num_cpus: float, num_gpus: float, placement_group: PlacementGroup | None = None,
+                 first_bundle: int = 0) -> None:
+        self.role = role
+        super().__init__(RayRanks(config, model_dir, ranks, num_cpus, num_gpus, placement_group, first_bundle))

@@ -18,10 +18,17 @@ from cluster.metrics import DuetMetrics, RaySink, Recorder
 from cluster.console import Display
 from cluster.loggers import Trackers
 from cluster.report.transcripts import save_images
+from learner.metrics import UpdateMetrics, flatten
 from rollout.episode_arrow import EpisodeBatch
 
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("scope", pa.string()), ("name", pa.string()),
                             ("value", pa.float64()), ("time_s", pa.float64())])
+
+
+def learner_values(update: UpdateMetrics | Mapping[str, float]) -> dict[str, float]:
+    """Metric name -> value of one learner update (:func:`learner.metrics.flatten`); figures that
+    already carry their names (hand-made ones) pass as they are."""
+    return dict(update) if isinstance(update, Mapping) else flatten(update)
 
 
 def _recipe_of(run_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -82,8 +89,11 @@ class RunLog:
             self._row(step, "rollout", f"staleness/{role}", lag)
             self.metrics.staleness(role, lag)
 
-    def step(self, step: int, batch: EpisodeBatch, stats: Sequence[Any], updates: Mapping[str, Mapping[str, float]],
+    def step(self, step: int, batch: EpisodeBatch, stats: Sequence[Any], updates: Mapping[str, UpdateMetrics],
              syncs: Mapping[str, Any], versions: Mapping[str, int], timings: Mapping[str, float]) -> None:
+        """Step ``step``'s rows and gauges: the rollout's figures, then each role's learner update
+        (``updates``) under its metric names (:func:`learner_values`)."""
+        updates = {role: learner_values(m) for role, m in updates.items()}
         summary = summarize(batch.episodes)
         tokens = sum(s.tokens_per_s for s in stats)
         for name, value in {**summary, **component_means(batch.episodes), **timings, "tokens_per_s": tokens}.items():

@@ -13,7 +13,7 @@ Stages (GPU settings; ``--cpu``: device cpu, float32, fp32 learner over gloo, no
    LoRA: the learner (``LocalLearnerGroup``) takes one GRPO step and exports its adapter; the engine
    loads it and samples 4 replies to an image prompt with it.
 3. The probe gap: the same exported adapter scored on the weight-sync probe (``cluster.assemble.PROBE``)
-   by vLLM (``Engine.score``) and by the learner (``LearnerActor.probe_logprobs``' batch); prints
+   by vLLM (``Engine.score``) and by the learner (``learner.update.probe_batch``); prints
    max |logprob difference| with the adapter and with the base model.
 4. Two learner ranks on one GPU: ``cluster.learner_group.LearnerGroup`` with 2 ranks x 0.5 GPU as
    Ray actors, backend "auto" (gloo for ranks sharing a GPU: NCCL refuses them), bf16, one train
@@ -130,9 +130,10 @@ def png(seed: int = 1, h: int = 56, w: int = 84) -> bytes:
 def trained_adapter(mode: Mode, world, out_dir: Path):
     """A learner on ``world`` that took one GRPO step, and its exported adapter (version 1)."""
     from learner.local_world import LocalLearnerGroup
+    from learner.metrics import flatten
 
     learner = LocalLearnerGroup(world, "policy", mode.learner_config(), model_dir(VLM))
-    metrics = learner.train_step(random_batch(0))
+    metrics = flatten(learner.train_step(random_batch(0)))
     exported = learner.export_adapter(out_dir / "policy" / "v1", version=1)
     return learner, metrics, exported
 
@@ -189,7 +190,7 @@ def stage2(mode: Mode, work: Path) -> str:
 
 def stage3(mode: Mode, work: Path) -> str:
     from cluster.assemble import PROBE
-    from cluster.learner_group import probe_batch
+    from learner.update import probe_batch
     from learner.local_world import LocalWorld
     from rollout.engine.base import AdapterRef
     from rollout.engine.vllm_engine import VLLMEngine
@@ -218,6 +219,7 @@ def stage4(mode: Mode, work: Path) -> str:
     import ray
 
     from cluster.learner_group import LearnerGroup
+    from learner.metrics import flatten
 
     gpus = 0.0 if mode.cpu else 0.5
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, configure_logging=False)
@@ -230,9 +232,9 @@ def stage4(mode: Mode, work: Path) -> str:
         group = LearnerGroup("policy", mode.learner_config(backend), model_dir(VLM), ranks=2, num_cpus=1, num_gpus=gpus)
         init_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        metrics = group.train_step(random_batch(0))
+        metrics = flatten(group.train_step(random_batch(0)))
         step_s = time.perf_counter() - t0
-        files = group.adapter_files(1)
+        files = ray.get(group.adapter_ref(1)[0]).files  # put by rank 0's actor
         group.shutdown()
     finally:
         ray.shutdown()

@@ -36,6 +36,7 @@ from learner.algos import (
 )
 from learner.batch import RoleBatch, take_rows
 from learner.config import AlgoConfig
+from learner.metrics import AdvantageStats
 
 __all__ = ["Experience", "compute_experience", "normalize_rewards", "value_positions", "shift_right", "shift_left"]
 
@@ -154,7 +155,7 @@ def compute_experience(
     algo: AlgoConfig,
     reward_stats: RunningMeanStd,
     next_values: torch.Tensor | None = None,
-) -> tuple[Experience, RunningMeanStd, dict[str, float]]:
+) -> tuple[Experience, RunningMeanStd, AdvantageStats]:
     """Everything the PPO update needs for batch ``b`` given the no-grad forward results (B, T).
     ``next_values`` (E,): V of the state after each episode's last step (truncated episodes; 0 for
     ended ones), the GAE bootstrap at turn level.
@@ -184,25 +185,23 @@ def compute_experience(
     return exp, reward_stats, _diagnostics(b, exp, kl_tok, tis, normed, values is not None)
 
 
-def _diagnostics(b: RoleBatch, exp: Experience, kl_tok, tis, normed: torch.Tensor, has_values: bool) -> dict[str, float]:
+def _diagnostics(b: RoleBatch, exp: Experience, kl_tok, tis, normed: torch.Tensor, has_values: bool) -> AdvantageStats:
     fm = b.loss_mask.float()
     adv_vals = exp.advantages[b.loss_mask]
-    out = {
-        "reward/mean": float(b.episodes.rewards.mean()) if b.episodes.num_episodes else 0.0,
-        "reward/std": float(b.episodes.rewards.std()) if b.episodes.num_episodes > 1 else 0.0,
-        "reward/normalized_mean": float(normed.mean()) if normed.numel() else 0.0,
-        "adv/mean": float(adv_vals.mean()) if adv_vals.numel() else 0.0,
-        "adv/std": float(adv_vals.std()) if adv_vals.numel() > 1 else 0.0,
-        "mismatch/mean_abs_log_ratio": float(tis.mean_abs_log_ratio),
-        "mismatch/max_abs_log_ratio": float(tis.max_abs_log_ratio),
-        "mismatch/kl": float(tis.mismatch_kl),
-        "mismatch/truncated_frac": float(tis.truncated_frac),
-    }
-    if has_values:
-        vm = exp.value_mask.float()
-        out |= {"value/returns_mean": float(masked_mean(exp.returns, vm)),
-                "value/mean": float(masked_mean(exp.old_values, vm)),
-                "value/explained_variance": float(explained_variance(exp.old_values, exp.returns, exp.value_mask))}
-    if kl_tok is not None:
-        out["kl/ref"] = float(masked_mean(kl_tok, fm))
-    return out
+    vm = exp.value_mask.float()
+    return AdvantageStats(
+        reward_mean=float(b.episodes.rewards.mean()) if b.episodes.num_episodes else 0.0,
+        reward_std=float(b.episodes.rewards.std()) if b.episodes.num_episodes > 1 else 0.0,
+        reward_normalized_mean=float(normed.mean()) if normed.numel() else 0.0,
+        adv_mean=float(adv_vals.mean()) if adv_vals.numel() else 0.0,
+        adv_std=float(adv_vals.std()) if adv_vals.numel() > 1 else 0.0,
+        mismatch_mean_abs_log_ratio=float(tis.mean_abs_log_ratio),
+        mismatch_max_abs_log_ratio=float(tis.max_abs_log_ratio),
+        mismatch_kl=float(tis.mismatch_kl),
+        mismatch_truncated_frac=float(tis.truncated_frac),
+        value_returns_mean=float(masked_mean(exp.returns, vm)) if has_values else None,
+        value_mean=float(masked_mean(exp.old_values, vm)) if has_values else None,
+        value_explained_variance=(float(explained_variance(exp.old_values, exp.returns, exp.value_mask))
+                                  if has_values else None),
+        kl_ref=float(masked_mean(kl_tok, fm)) if kl_tok is not None else None,
+    )

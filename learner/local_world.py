@@ -1,5 +1,6 @@
 """A local data-parallel world without Ray: N spawned processes, one per rank, each keeping state
 between calls. Used by tests and single-machine scripts; ``cluster/`` uses Ray actors instead.
+:class:`LocalRanks` runs a learner group's ranks there (:class:`LocalLearnerGroup`).
 
     with LocalWorld(2) as world:
         world.run(make_learner, config, model_dir)      # fn(ctx, *args) on every rank
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
-__all__ = ["LocalWorld", "LocalLearnerGroup", "RankContext", "free_port"]
+from learner.group import LearnerGroup
+
+__all__ = ["LocalWorld", "LocalRanks", "LocalLearnerGroup", "RankContext", "free_port"]
 
 
 def free_port() -> int:
@@ -116,11 +119,7 @@ class LocalWorld:
         self.close()
 
 
-# ---- a learner group on a LocalWorld (the non-Ray counterpart of cluster's learner actors) --------
-
-
-def _learner(ctx: RankContext, key: str):
-    return ctx.state[key]
+# ---- the ranks of learner groups on a LocalWorld (cluster.learner_group.RayRanks is the Ray one) ---
 
 
 def _create(ctx: RankContext, key: str, config, model_dir: str) -> float:
@@ -135,75 +134,38 @@ def _create(ctx: RankContext, key: str, config, model_dir: str) -> float:
     return ctx.state[key].init_seconds
 
 
-def _train_step(ctx: RankContext, key: str, batch) -> dict:
-    return _learner(ctx, key).train_step(batch)
-
-
-def _sft_step(ctx: RankContext, key: str, examples) -> dict:
-    return _learner(ctx, key).sft_step(examples)
-
-
-def _logprobs(ctx: RankContext, key: str, batch, use_adapter: bool) -> list:
-    return _learner(ctx, key).logprobs(batch, use_adapter)
-
-
-def _adapter_files(ctx: RankContext, key: str, version: int) -> dict | None:
-    return _learner(ctx, key).adapter_files(version)
-
-
-def _export(ctx: RankContext, key: str, out_dir: str, version: int):
-    return _learner(ctx, key).export_adapter(out_dir, version)
-
-
-def _value_head(ctx: RankContext, key: str) -> dict:
-    return _learner(ctx, key).value_head_state()
-
-
-def _save(ctx: RankContext, key: str, directory: str) -> str:
-    return _learner(ctx, key).save_checkpoint(directory)
-
-
-def _load(ctx: RankContext, key: str, directory: str) -> None:
-    _learner(ctx, key).load_checkpoint(directory)
+def _on_learner(ctx: RankContext, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(ctx.state[key], *args)
 
 
 def _drop(ctx: RankContext, key: str) -> None:
     ctx.state.pop(key, None)
 
 
-class LocalLearnerGroup:
-    """One learner group (all ranks of a :class:`LocalWorld`) driven like a single object; results
-    are rank 0's (every rank returns the same global metrics; adapter bytes and exports come from
-    rank 0 only, the others answer None). Several groups may share a world."""
+class LocalRanks:
+    """The ranks of one learner group on a :class:`LocalWorld` (a :class:`learner.group.Ranks`):
+    rank r's :class:`~learner.rank.LearnerRank` lives in the world's process r under ``key``, so
+    several groups may share a world."""
 
     def __init__(self, world: LocalWorld, key: str, config, model_dir: str) -> None:
         self.world, self.key = world, key
         self.init_seconds = max(world.run(_create, key, config, str(model_dir)))
 
-    def train_step(self, batch) -> dict:
-        return self.world.run(_train_step, self.key, batch)[0]
+    def run(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """``fn(learner, *args)`` on every rank; the results by rank."""
+        return self.world.run(_on_learner, self.key, fn, *args)
 
-    def sft_step(self, examples) -> dict:
-        return self.world.run(_sft_step, self.key, examples)[0]
-
-    def logprobs(self, batch, use_adapter: bool = True) -> list:
-        return self.world.run(_logprobs, self.key, batch, use_adapter)[0]
-
-    def adapter_files(self, version: int) -> dict:
-        return self.world.run(_adapter_files, self.key, version)[0]
-
-    def export_adapter(self, out_dir, version: int):
-        return self.world.run(_export, self.key, str(out_dir), version)[0]
-
-    def value_head_state(self) -> dict:
-        return self.world.run(_value_head, self.key)[0]
-
-    def save_checkpoint(self, directory) -> str:
-        return self.world.run(_save, self.key, str(directory))[0]
-
-    def load_checkpoint(self, directory) -> None:
-        self.world.run(_load, self.key, str(directory))
+    def keep(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """:meth:`run` (the results are here already)."""
+        return self.run(fn, *args)
 
     def close(self) -> None:
-        """Drop the learner on every rank (frees its engine)."""
+        """Drop the learner on every rank (frees its engine); the world keeps running."""
         self.world.run(_drop, self.key)
+
+
+class LocalLearnerGroup(LearnerGroup):
+    """A :class:`learner.group.LearnerGroup` on :class:`LocalRanks`."""
+
+    def __init__(self, world: LocalWorld, key: str, config, model_dir: str) -> None:
+        super().__init__(LocalRanks(world, key, config, model_dir))

@@ -23,6 +23,7 @@ from learner.algos import agg_loss, kl_penalty, masked_mean, ppo_policy_loss, rl
 from learner.batch import RoleBatch
 from learner.config import AlgoConfig
 from learner.experience import Experience
+from learner.metrics import LossStats
 
 __all__ = ["Denominators", "minibatch_denominators", "micro_loss", "units"]
 
@@ -85,27 +86,28 @@ def micro_loss(
     den: Denominators,
     algo: AlgoConfig,
     world_size: int,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, LossStats]:
     """Scaled loss of micro batch ``b`` (model outputs (B, T) aligned with ``b``) and its additive
-    share of the minibatch diagnostics (summing the dicts over micro batches and ranks gives the
-    minibatch values)."""
+    share of the minibatch diagnostics (summing the records over micro batches and ranks gives the
+    minibatch values: :func:`learner.metrics.reduce_loss_stats`)."""
     lm = b.loss_mask
     pl, s_pol = _policy_term(logp, b, exp, algo, den)
     s_tok = units(lm, algo.loss_agg) / den.tokens
     s_cnt = float(lm.sum()) / den.token_count
     ent = agg_loss(entropy, lm, algo.loss_agg, den.norm_len)
     loss = pl.loss * s_pol - algo.entropy_coef * ent * s_tok
-    stats = {"loss/policy": pl.loss.item() * s_pol, "policy/entropy": masked_mean(entropy.detach(), lm).item() * s_cnt,
-             "policy/clip_frac": float(pl.clip_frac) * s_pol, "policy/dual_clip_frac": float(pl.dual_clip_frac) * s_pol,
-             "policy/approx_kl": float(pl.approx_kl) * s_pol}
+    kl_share = value_share = value_clip = None
     if algo.kl_coef > 0 and algo.kl_in == "loss":
         kl = agg_loss(kl_penalty(logp, exp.ref_logprobs, algo.kl_estimator), lm, algo.loss_agg, den.norm_len)
         loss = loss + algo.kl_coef * kl * s_tok
-        stats["loss/kl"] = kl.item() * s_tok
+        kl_share = kl.item() * s_tok
     if values is not None:
         vl = value_loss(values, exp.old_values, exp.returns, exp.value_mask, algo.value_clip)
         s_val = float(exp.value_mask.sum()) / den.values
         loss = loss + algo.value_coef * vl.loss * s_val
-        stats |= {"loss/value": vl.loss.item() * s_val, "value/clip_frac": float(vl.clip_frac) * s_val}
-    stats["loss/total"] = loss.item()
+        value_share, value_clip = vl.loss.item() * s_val, float(vl.clip_frac) * s_val
+    stats = LossStats(kl=kl_share, policy=pl.loss.item() * s_pol, total=loss.item(), value=value_share,
+                      approx_kl=float(pl.approx_kl) * s_pol, clip_frac=float(pl.clip_frac) * s_pol,
+                      dual_clip_frac=float(pl.dual_clip_frac) * s_pol,
+                      entropy=masked_mean(entropy.detach(), lm).item() * s_cnt, value_clip_frac=value_clip)
     return loss * world_size, stats

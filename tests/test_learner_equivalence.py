@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM
 
 from learner.config import AlgoConfig, LearnerConfig, LoraConfig, OptimConfig
 from learner.local_world import LocalLearnerGroup, LocalWorld
+from learner.metrics import flatten
 from rollout.episode_arrow import EpisodeBatch
 from rollout.types import Episode, Turn
 
@@ -225,7 +226,7 @@ def test_ppo_gae_equals_plain_loop(world1, text_lm):
                         optim=OptimConfig(optimizer="sgd", lr=LR, grad_clip=None))
     group = LocalLearnerGroup(world1, "ppo", cfg, text_lm)
     group.train_step(make_batch(text_lm, 0))  # moves lora_B off zero so every LoRA gradient is non-trivial
-    before, head_before = state_of(group.adapter_files(1)), group.value_head_state()
+    before, head_before = state_of(group.adapter_ref(1).files), group.value_head_state()
     batch = make_batch(text_lm, 1)
     # episodes 1 and 4 were cut by a time limit: their GAE bootstraps from V(next state)
     eps = list(batch.episodes)
@@ -234,9 +235,9 @@ def test_ppo_gae_equals_plain_loop(world1, text_lm):
         state = Turn("policy", t.prompt_ids + t.output_ids + (40, 41), (), (), 0, trainable=False)
         eps[i] = replace(eps[i], finish_reason="truncated", bootstrap=state)
     batch = EpisodeBatch(tuple(eps))
-    m = group.train_step(batch)
-    after, head_after = state_of(group.adapter_files(2)), group.value_head_state()
-    group.close()
+    m = flatten(group.train_step(batch))
+    after, head_after = state_of(group.adapter_ref(2).files), group.value_head_state()
+    group.shutdown()
 
     model = reference_model(text_lm, cfg.lora, before)
     head = reference_head(head_before)
@@ -262,11 +263,11 @@ def test_grpo_equals_plain_loop(world1, text_lm, old_logprobs):
     cfg = LearnerConfig(micro_batch_size=4, algo=algo, optim=OptimConfig(optimizer="sgd", lr=LR, grad_clip=None))
     group = LocalLearnerGroup(world1, f"grpo_{old_logprobs}", cfg, text_lm)
     group.train_step(make_batch(text_lm, 2))
-    before = state_of(group.adapter_files(1))
+    before = state_of(group.adapter_ref(1).files)
     batch = make_batch(text_lm, 3)
-    m = group.train_step(batch)
-    after = state_of(group.adapter_files(2))
-    group.close()
+    m = flatten(group.train_step(batch))
+    after = state_of(group.adapter_ref(2).files)
+    group.shutdown()
 
     from_rollout = old_logprobs == "rollout"
     if from_rollout:
@@ -289,9 +290,9 @@ def _zero_run(world, stage: int, text_lm: str, key: str):
     cfg = LearnerConfig(zero_stage=stage, micro_batch_size=1, algo=ZERO_ALGO,
                         optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=1, total_steps=10))
     group = LocalLearnerGroup(world, key, cfg, text_lm)
-    metrics = [group.train_step(make_batch(text_lm, 10 + s, n=7)) for s in range(2)]
-    state = state_of(group.adapter_files(1))
-    group.close()
+    metrics = [flatten(group.train_step(make_batch(text_lm, 10 + s, n=7))) for s in range(2)]
+    state = state_of(group.adapter_ref(1).files)
+    group.shutdown()
     return metrics, state
 
 
@@ -360,9 +361,9 @@ def test_vlm_zero3_two_ranks_equal_one_rank(world1, world2, models_dir):
         cfg = LearnerConfig(role="observer", zero_stage=stage, micro_batch_size=1, value_head_hidden=16, algo=algo,
                             optim=OptimConfig(optimizer="sgd", lr=0.1))  # SGD: no Adam amplification of noise
         group = LocalLearnerGroup(world, f"vlm-{stage}", cfg, vlm)
-        metrics = [group.train_step(vlm_batch(vlm, s)) for s in range(2)]
-        runs.append((metrics, state_of(group.adapter_files(1)), group.value_head_state()))
-        group.close()
+        metrics = [flatten(group.train_step(vlm_batch(vlm, s))) for s in range(2)]
+        runs.append((metrics, state_of(group.adapter_ref(1).files), group.value_head_state()))
+        group.shutdown()
     (m1, s1, h1), (m2, s2, h2) = runs
     for a, b in zip(m1, m2):
         for k in ("loss/policy", "loss/value", "loss/kl", "policy/entropy", "value/explained_variance"):

@@ -39,7 +39,7 @@ def test_grpo_turn_level_groups_over_episodes():
     assert exp.advantages[:, 2:4].flatten().tolist() == pytest.approx([a, a, -a, -a, 0, 0, 0, 0], abs=1e-6)
     assert exp.advantages[:, :2].abs().sum() == 0  # prompts carry no advantage
     assert exp.seq_advantages.tolist() == pytest.approx([a, -a, 0, 0], abs=1e-6)
-    assert diag["reward/mean"] == pytest.approx(0.5)
+    assert diag.reward_mean == pytest.approx(0.5)
 
 
 def test_dialogue_turns_share_the_episode_advantage_and_silent_episodes_count():
@@ -75,7 +75,7 @@ def test_turn_level_gae_with_env_rewards():
     assert exp.returns[exp.value_mask].tolist() == pytest.approx([0.1291275, 0.1405, -1.0], abs=1e-6)
     assert exp.value_mask.nonzero().tolist() == [[0, 1], [1, 3], [2, 5]]
     assert exp.old_values[exp.value_mask].tolist() == pytest.approx([0.5, 0.2, -0.1])
-    assert "value/explained_variance" in diag
+    assert diag.value_explained_variance is not None
 
 
 def test_truncated_episode_bootstraps_gae_from_the_final_state_value():
@@ -114,7 +114,7 @@ def test_kl_in_reward_turn_level():
     algo = AlgoConfig(advantage_estimator="gae", kl_coef=0.2, kl_estimator="k1", kl_in="reward", whiten_gae=False)
     exp, _, diag = run(b, algo, old=old, ref=ref, values=torch.zeros(1, 4))
     assert exp.seq_advantages.tolist() == pytest.approx([0.85])
-    assert diag["kl/ref"] == pytest.approx(0.375)  # token mean of 0.5, 0.25
+    assert diag.kl_ref == pytest.approx(0.375)  # token mean of 0.5, 0.25
 
 
 def test_token_level_gae_aligns_values_to_the_state_before_each_token():
@@ -136,8 +136,8 @@ def test_truncated_is_weights_and_mismatch():
     old = torch.tensor([[0.0, 0.0, -0.5, -1.0]])
     exp, _, diag = run(b, AlgoConfig(tis_cap=2.0), old=old)
     assert exp.is_weights[0, 2:].tolist() == pytest.approx([math.exp(0.5), 2.0])
-    assert diag["mismatch/mean_abs_log_ratio"] == pytest.approx(0.75)
-    assert diag["mismatch/truncated_frac"] == pytest.approx(0.5)
+    assert diag.mismatch_mean_abs_log_ratio == pytest.approx(0.75)
+    assert diag.mismatch_truncated_frac == pytest.approx(0.5)
     assert run(b, AlgoConfig(tis_cap=None), old=old)[0].is_weights is None
 
 
@@ -156,7 +156,7 @@ def test_reward_normalisation_scales_by_running_std():
     b = build_role_batch([single("a", "g", 0.0), single("b", "g", 2.0)], "policy", 0)
     _, stats, diag = run(b, AlgoConfig(normalize_rewards=True))
     assert (stats.mean, stats.var, stats.count) == pytest.approx((1.0, 1.0, 2.0))
-    assert diag["reward/normalized_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert diag.reward_normalized_mean == pytest.approx(1.0, abs=1e-6)
 
 
 def test_shifts_and_value_positions():

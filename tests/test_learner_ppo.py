@@ -79,8 +79,8 @@ def test_token_mean_value_by_hand():
     # A = R - V = 1 - 0.25 = 0.75; value loss = 0.5 * (0.25 - 1)^2 = 0.28125
     den = minibatch_denominators(b, exp, algo, 2)
     loss, stats = micro_loss(b.rollout_logprobs, torch.full((1, 4), 0.3), values, b, exp, den, algo, world_size=1)
-    assert stats["loss/policy"] == pytest.approx(-0.75)
-    assert stats["loss/value"] == pytest.approx(0.28125)
+    assert stats.policy == pytest.approx(-0.75)
+    assert stats.value == pytest.approx(0.28125)
     assert loss.item() == pytest.approx(-0.75 + 0.5 * 0.28125 - 0.01 * 0.3)
 
 

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
 from learner.config import AlgoConfig, LearnerConfig, LoraConfig, OptimConfig, SFTConfig
 from learner.local_world import LocalLearnerGroup, LocalWorld
+from learner.metrics import flatten
 from learner.sft import SFTExample
 from rollout.episode_arrow import EpisodeBatch, image_hash
 from rollout.types import Episode, Turn
@@ -95,7 +96,7 @@ def test_grpo_reward_rises(world1, text_lm):
     gen = torch.Generator().manual_seed(0)
     rewards, mismatch = [], []
     for step in range(8):
-        set_peft_model_state_dict(sampler, state_of(group.adapter_files(step + 1)))
+        set_peft_model_state_dict(sampler, state_of(group.adapter_ref(step + 1).files))
         eps = []
         for p, prompt in enumerate(prompts):
             outs, lps = sample(sampler, prompt, 8, 3, gen)
@@ -103,9 +104,9 @@ def test_grpo_reward_rises(world1, text_lm):
                 turn = Turn("policy", tuple(prompt), tuple(o), tuple(lp), adapter_version=step)
                 eps.append(Episode(f"{step}-{p}-{j}", f"{step}-{p}", "t", (turn,), reward=sum(x == target for x in o) / 3))
         m = group.train_step(EpisodeBatch(tuple(eps)))
-        rewards.append(m["reward/mean"])
-        mismatch.append(m["mismatch/max_abs_log_ratio"])
-    group.close()
+        rewards.append(m.advantage.reward_mean)
+        mismatch.append(m.advantage.mismatch_max_abs_log_ratio)
+    group.shutdown()
     print("reward per step", np.round(rewards, 3))
     assert rewards[0] < 0.15
     assert np.mean(rewards[-2:]) > 0.5
@@ -122,10 +123,10 @@ def test_export_loads_in_peft(world1, text_lm, tmp_path):
     batch = random_batch(5, role="reasoner")
     group.train_step(batch)
     out = group.export_adapter(tmp_path / "reasoner" / "v1", version=1)
-    files = group.adapter_files(1)
+    files = group.adapter_ref(1).files
     learner_lp = group.logprobs(batch)
     again = group.export_adapter(tmp_path / "reasoner" / "v1", version=1)  # idempotent
-    group.close()
+    group.shutdown()
 
     d = Path(out.path)
     manifest = json.loads((d / "manifest.json").read_text())
@@ -183,17 +184,17 @@ def test_alternating_roles_touch_only_the_active_adapter(world1, text_lm, vlm):
     reasoner = LocalLearnerGroup(world1, "reasoner", LearnerConfig(role="reasoner", algo=algo, optim=opt), text_lm)
     observer = LocalLearnerGroup(world1, "observer", LearnerConfig(role="observer", algo=algo, optim=opt), vlm)
     batch = dialogue_batch(vlm, 0)
-    r0, o0 = reasoner.adapter_files(1), observer.adapter_files(1)
+    r0, o0 = reasoner.adapter_ref(1).files, observer.adapter_ref(1).files
 
     m_r = reasoner.train_step(batch)                 # phase 1: the Reasoner is the policy
-    r1, o1 = reasoner.adapter_files(2), observer.adapter_files(1)
-    assert m_r["batch/samples"] == 8  # 2 reasoner turns x 4 episodes; observer turns are not rows
+    r1, o1 = reasoner.adapter_ref(2).files, observer.adapter_ref(1).files
+    assert m_r.samples == 8  # 2 reasoner turns x 4 episodes; observer turns are not rows
     assert r1["adapter_model.safetensors"] != r0["adapter_model.safetensors"]
     assert o1["adapter_model.safetensors"] == o0["adapter_model.safetensors"]
 
     m_o = observer.train_step(batch)                 # phase 2: the Observer is the policy
-    r2, o2 = reasoner.adapter_files(2), observer.adapter_files(2)
-    assert m_o["batch/samples"] == 4
+    r2, o2 = reasoner.adapter_ref(2).files, observer.adapter_ref(2).files
+    assert m_o.samples == 4
     assert r2["adapter_model.safetensors"] == r1["adapter_model.safetensors"]
     assert o2["adapter_model.safetensors"] != o1["adapter_model.safetensors"]
 
@@ -207,11 +208,11 @@ def test_alternating_roles_touch_only_the_active_adapter(world1, text_lm, vlm):
     b_group = LocalLearnerGroup(world1, "reasoner-b", LearnerConfig(role="reasoner", algo=algo, optim=opt), text_lm)
     b_group.train_step(batch)
     b = b_group.train_step(altered)
-    assert state_of(b_group.adapter_files(3)) .keys() == state_of(reasoner.adapter_files(3)).keys()
-    assert b_group.adapter_files(3)["adapter_model.safetensors"] == reasoner.adapter_files(3)["adapter_model.safetensors"]
-    assert a["loss/total"] == b["loss/total"]
+    assert state_of(b_group.adapter_ref(3).files) .keys() == state_of(reasoner.adapter_ref(3).files).keys()
+    assert b_group.adapter_ref(3).files["adapter_model.safetensors"] == reasoner.adapter_ref(3).files["adapter_model.safetensors"]
+    assert a.loss.total == b.loss.total
     for g in (reasoner, observer, b_group):
-        g.close()
+        g.shutdown()
 
 
 # ---- 4. checkpoint / resume --------------------------------------------------------------------------
@@ -227,15 +228,15 @@ def test_resume_reproduces_the_next_update(text_lm, tmp_path):
         a.train_step(random_batch(20))
         a.save_checkpoint(tmp_path / "ckpt")
         want = a.train_step(random_batch(21))
-        want_bytes = a.adapter_files(3)["adapter_model.safetensors"]
-        a.close()
+        want_bytes = a.adapter_ref(3).files["adapter_model.safetensors"]
+        a.shutdown()
         b = LocalLearnerGroup(world, "b", cfg, text_lm)
         b.load_checkpoint(tmp_path / "ckpt")
         got = b.train_step(random_batch(21))
-        got_bytes = b.adapter_files(3)["adapter_model.safetensors"]
-        b.close()
+        got_bytes = b.adapter_ref(3).files["adapter_model.safetensors"]
+        b.shutdown()
     for k in ("loss/total", "loss/policy", "loss/kl", "optim/grad_norm", "optim/lr", "reward/normalized_mean", "learner/step"):
-        assert got[k] == want[k], k
+        assert flatten(got)[k] == flatten(want)[k], k
     assert got_bytes == want_bytes
 
 
@@ -252,9 +253,9 @@ def test_sft_steps_leave_the_rl_schedule_alone(world1, text_lm):
     example = SFTExample((("user", "say yes"), ("assistant", "yes")))
     sft = [group.sft_step([example]) for _ in range(3)]
     rl = group.train_step(random_batch(30))
-    group.close()
-    assert [m["learner/sft_step"] for m in sft] == [1.0, 2.0, 3.0] and rl["learner/step"] == 1.0
-    assert rl["optim/lr"] == pytest.approx(1e-2 * 2 / 3, rel=1e-6)
+    group.shutdown()
+    assert [m.sft_step for m in sft] == [1.0, 2.0, 3.0] and rl.learner_step == 1.0
+    assert rl.lr == pytest.approx(1e-2 * 2 / 3, rel=1e-6)
 
 
 def test_sft_first_loss_is_plain_nll_and_it_falls(world1, text_lm):
@@ -262,8 +263,8 @@ def test_sft_first_loss_is_plain_nll_and_it_falls(world1, text_lm):
                 SFTExample((("user", "two plus two?"), ("assistant", "four"), ("user", "and three?"), ("assistant", "five"))),
                 SFTExample((("user", "say yes"), ("assistant", "yes")))]
     group = LocalLearnerGroup(world1, "sft", LearnerConfig(micro_batch_size=2, optim=OptimConfig(lr=5e-3)), text_lm)
-    losses = [group.sft_step(examples)["sft/loss"] for _ in range(8)]
-    group.close()
+    losses = [group.sft_step(examples).loss for _ in range(8)]
+    group.shutdown()
 
     tok = AutoTokenizer.from_pretrained(text_lm)
     model = AutoModelForCausalLM.from_pretrained(text_lm, dtype=torch.float32)

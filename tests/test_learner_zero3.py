@@ -7,7 +7,8 @@ offline tiny text LM).
   elements (to a partition's padding), no full copy, and its slices equal the checkpoint's; LoRA
   sits on top, unpartitioned until the engine is built.
 * The same model and batch give the same loss and update under ZeRO-3 as under ZeRO-2.
-* ``adapter_files`` answers rank 0's bytes (what ``export_adapter`` writes) and None on rank 1.
+* :func:`learner.rank_io.adapter_artifact` answers rank 0's artifact (what ``export_adapter`` writes) and
+  None on rank 1.
 """
 
 import math
@@ -18,7 +19,9 @@ from safetensors.torch import load as load_safetensors
 from test_learner_training import random_batch
 
 from learner.config import AlgoConfig, LearnerConfig, OptimConfig
+from learner import rank_io
 from learner.local_world import LocalLearnerGroup, LocalWorld, RankContext
+from learner.metrics import flatten
 
 pytestmark = pytest.mark.integration
 
@@ -82,9 +85,9 @@ def test_zero3_trains_like_zero2(world2, text_lm):
     for stage in (2, 3):
         cfg = LearnerConfig(zero_stage=stage, micro_batch_size=2, algo=algo, optim=OptimConfig(optimizer="sgd", lr=0.1))
         group = LocalLearnerGroup(world2, f"z{stage}", cfg, text_lm)
-        m = group.train_step(random_batch(7))
-        runs[stage] = (m, load_safetensors(group.adapter_files(1)["adapter_model.safetensors"]))
-        group.close()
+        m = flatten(group.train_step(random_batch(7)))
+        runs[stage] = (m, load_safetensors(group.adapter_ref(1).files["adapter_model.safetensors"]))
+        group.shutdown()
     (m2, s2), (m3, s3) = runs[2], runs[3]
     assert m2["batch/samples"] == 6
     for k in ("loss/total", "loss/policy", "loss/kl", "policy/entropy", "optim/grad_norm"):
@@ -94,11 +97,8 @@ def test_zero3_trains_like_zero2(world2, text_lm):
     assert max(float(v.abs().max()) for k, v in s3.items() if "lora_B" in k) > 1e-4  # it trained
 
 
-def _adapter_by_rank(ctx: RankContext, key: str, out_dir: str) -> tuple:
-    learner = ctx.state[key]
-    files = learner.adapter_files(1)
-    exported = learner.export_adapter(out_dir, 1)
-    return files, exported
+def _adapter_by_rank(rank, out_dir: str) -> tuple:
+    return rank_io.adapter_artifact(rank, 1), rank_io.export_adapter(rank, out_dir, 1)
 
 
 def test_adapter_files_come_from_rank_0_only(world2, text_lm, tmp_path):
@@ -107,11 +107,12 @@ def test_adapter_files_come_from_rank_0_only(world2, text_lm, tmp_path):
     cfg = LearnerConfig(zero_stage=3, micro_batch_size=2, optim=OptimConfig(lr=1e-2))
     group = LocalLearnerGroup(world2, "adapter", cfg, text_lm)
     group.train_step(random_batch(8))
-    (files0, exp0), (files1, exp1) = world2.run(_adapter_by_rank, "adapter", str(tmp_path / "v1"))
-    via_group = group.adapter_files(1)
-    group.close()
-    assert files1 is None and exp1 is None  # rank 1 joined the gather, returned nothing
+    (art0, exp0), (art1, exp1) = group.ranks.run(_adapter_by_rank, str(tmp_path / "v1"))
+    files0 = art0.files
+    via_group = group.adapter_ref(1)
+    group.shutdown()
+    assert art1 is None and exp1 is None  # rank 1 joined the gather, returned nothing
     d = Path(exp0.path)
     assert sorted(files0) == sorted(p.name for p in d.iterdir() if p.name != "STABLE")
     assert all((d / name).read_bytes() == data for name, data in files0.items())
-    assert via_group == files0
+    assert via_group == art0

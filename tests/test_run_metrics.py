@@ -67,3 +67,22 @@ def test_an_empty_batch_sets_no_reward_and_an_untrained_role_no_kl(tmp_path):
         assert rec.latest(name, role="policy") is None
     assert rec.latest("duet_tokens_per_s") == 50.0 and rec.latest("duet_queue_depth", queue="in_flight") == 8.0
     assert rec.latest("duet_episodes_dropped", reason="stale") == 8.0
+
+
+def test_a_typed_learner_update_is_logged_under_its_metric_names(tmp_path):
+    from learner.metrics import AdvantageStats, LossStats, OptimStats, UpdateMetrics, flatten
+
+    adv = AdvantageStats(reward_mean=0.5, reward_std=0.5, reward_normalized_mean=0.5, adv_mean=0.0, adv_std=1.0,
+                         mismatch_mean_abs_log_ratio=0.01, mismatch_max_abs_log_ratio=0.1, mismatch_kl=0.001,
+                         mismatch_truncated_frac=0.0)  # no value head, no KL term
+    loss = LossStats(policy=-0.1, total=-0.1, approx_kl=0.004, clip_frac=0.0, dual_clip_frac=0.0, entropy=1.5)
+    update = UpdateMetrics(advantage=adv, loss=loss, optim=OptimStats(grad_norm=1.0, grad_norm_max=1.5, steps=2.0),
+                           phase_seconds={"build": 0.1}, step_seconds=0.5, samples=4.0, episodes=4.0, tokens=40.0,
+                           output_tokens=8.0, tokens_per_s=160.0, learner_step=1.0, lr=1e-4)
+    log = RunLog(tmp_path, 0, print_lines=False)
+    log.step(0, batch([0.0, 1.0, 1.0, 0.0]), [Stats(100.0)], {"policy": update}, {}, {"policy": 1},
+             {"time/sample": 0.5, "time/step": 1.0})
+    rows = {name: v for (scope, name), v in last_rows(tmp_path).items() if scope == "learner/policy"}
+    assert rows == flatten(update) and "kl/ref" not in rows and "loss/value" not in rows
+    assert log.recorder.latest("duet_entropy", role="policy") == 1.5
+    assert log.recorder.latest("duet_kl_ref", role="policy") is None
