@@ -210,7 +210,7 @@ class Driver:
         for step in range(sft.steps):
             k = (step * sft.batch_size) % len(examples)
             m = self.learners[role].sft_step((examples + examples)[k: k + sft.batch_size])
-            self.log.sft_step(role, step, sft.steps, m["sft/loss"])
+            self.log.sft_step(role, step, sft.steps, m.loss)
 
     def checkpoint(self, run_dir: Path, step: int) -> None:
         """Save every learner under ``checkpoints/step_NNNNNN/<role>``, the driver's state as its

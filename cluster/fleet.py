@@ -84,11 +84,11 @@ class Learner(Protocol):
     """One trained role's learner as the driver uses it (a :class:`cluster.learner_group.LearnerGroup`)."""
 
     def train_step(self, batch: EpisodeBatch) -> Any:
-        """One RL update on ``batch``; the update's metrics."""
+        """One RL update on ``batch``; the update's metrics (:class:`learner.metrics.UpdateMetrics`)."""
         ...
 
     def sft_step(self, examples: Sequence[Any]) -> Any:
-        """One supervised step; its metrics (``sft/loss`` among them)."""
+        """One supervised step; its metrics (:class:`learner.metrics.SFTMetrics`, ``.loss`` read here)."""
         ...
 
     def save_checkpoint(self, directory: str | Path) -> Any: ...

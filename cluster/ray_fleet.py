@@ -15,7 +15,6 @@ from ray.exceptions import RayActorError
 
 from cluster.fleet import CallKind, WorkerDied
 from cluster.weight_sync import Probe, SyncReport
-from rollout.adapter_artifact import AdapterArtifact
 from rollout.episode_arrow import EpisodeBatch
 
 RESTART_TIMEOUT_S = 300.0
@@ -74,26 +73,28 @@ class RaySyncClient:
     """Publishes through the weight-sync service actor (:class:`cluster.fleet.SyncClient`).
 
     ``learners`` are the trained roles' learner groups, ``probe`` the fixed probe the service was
-    started with, ``tolerances`` each role's proof bound. The last export of each role is kept, so
-    publishing the same version again (a worker died during its sync) sends the same payload."""
+    started with, ``tolerances`` each role's proof bound. A publish hands the service the adapter
+    where the learner's rank 0 left it in the object store (``LearnerGroup.adapter_ref``: the bytes
+    go from there to the workers, never through this process). The last export of each role is
+    kept, so publishing the same version again (a worker died during its sync) sends the same one."""
 
     def __init__(self, service: Any, learners: Mapping[str, Any], probe: Probe,
                  tolerances: Mapping[str, float]) -> None:
         self.service, self.learners, self.probe = service, dict(learners), probe
         self.tolerances = dict(tolerances)
-        self._exported: dict[str, tuple[int, AdapterArtifact, list[float]]] = {}
+        self._exported: dict[str, tuple[int, Any, list[float]]] = {}
 
     def publish(self, role: str, version: int) -> SyncReport:
-        payload, expected = self._export(role, version)
-        return ray.get(self.service.publish.remote(payload, expected, self.tolerances[role]))
+        handle, expected = self._export(role, version)
+        return ray.get(self.service.publish.remote(handle, expected, self.tolerances[role]))
 
-    def _export(self, role: str, version: int) -> tuple[AdapterArtifact, list[float]]:
-        """(payload, the learner's probe log-probs) of ``role`` at ``version``, exported once."""
+    def _export(self, role: str, version: int) -> tuple[Any, list[float]]:
+        """(the adapter's object-store handle, the learner's probe log-probs) of ``role`` at
+        ``version``, exported once."""
         kept = self._exported.get(role)
         if kept is None or kept[0] != version:
             learner = self.learners[role]
-            payload = AdapterArtifact.from_files(learner.adapter_files(version))
-            kept = (version, payload, learner.probe_logprobs(self.probe))
+            kept = (version, learner.adapter_ref(version), learner.probe_logprobs(self.probe))
             self._exported[role] = kept
         return kept[1], kept[2]
 

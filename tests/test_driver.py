@@ -12,6 +12,7 @@ Each fake episode is generated with the version the worker serves when the call 
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -128,7 +129,7 @@ class FakeLearner:
 
     def sft_step(self, examples):
         self.sft_batches.append(list(examples))
-        return {"sft/loss": 0.25}
+        return SimpleNamespace(loss=0.25)  # the part of learner.metrics.SFTMetrics the driver reads
 
     def save_checkpoint(self, directory):
         directory.mkdir(parents=True)
