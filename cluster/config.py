@@ -228,7 +228,7 @@ class ResolvedRecipe:
     """A recipe's roles, resolved once (:meth:`Recipe.resolve`)."""
 
     roles: tuple[Role, ...]
-    """Every role of the rollout kind, sorted by name."""
+    """Every role of the rollout kind, in the kind's order (``RolloutConfig.roles()``)."""
 
     def role(self, name: str) -> Role:
         """The role called ``name`` (KeyError naming the roles otherwise)."""
@@ -239,7 +239,7 @@ class ResolvedRecipe:
 
     @property
     def trained(self) -> tuple[Role, ...]:
-        """The roles with a learner, sorted by name."""
+        """The roles with a learner (in the kind's order)."""
         return tuple(r for r in self.roles if r.trained)
 
     def adapters(self) -> dict[str, str | None]:
@@ -338,10 +338,9 @@ class Recipe(_Config):
 
     def resolve(self) -> ResolvedRecipe:
         """The roles, each with its runtime and rollout settings joined (:class:`Role`)."""
-        rollout_roles = self.rollout.roles()
         return ResolvedRecipe(tuple(
-            Role(name, rt.model, rt.engine, rt.learner, rollout_roles[name], rollout_roles[name].adapter)
-            for name, rt in sorted(self.roles.items())))
+            Role(name, self.roles[name].model, self.roles[name].engine, self.roles[name].learner, rc, rc.adapter)
+            for name, rc in self.rollout.roles().items()))
 
     @property
     def trainable_roles(self) -> tuple[str, ...]:
