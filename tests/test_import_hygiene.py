@@ -16,7 +16,7 @@ LIGHT = [
     "rollout.env_episode", "rollout.worker", "rollout.envs", "rollout.tasks", "learner.algos",
     "learner.config", "learner.batch", "rewards", "cluster.config", "cluster.schedule",
     "cluster.sft_data", "cluster.rollout_factory", "cluster.weight_sync", "cluster.adapter_store",
-    "cluster.metrics", "cluster.placement", "cluster.cli",
+    "cluster.metrics", "cluster.placement", "cluster.cli", "cluster.models", "cluster.seeds",
 ]
 
 
