@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cluster.config import Recipe
+if TYPE_CHECKING:  # the offline builder imports this module: it stays free of the config tree
+    from cluster.config import Recipe
 
 BUILTIN_PREFIX = "builtin:"
 MANIFEST = "manifest.json"
