@@ -3,8 +3,8 @@
 Nothing here holds logic the plain classes could hold: :class:`RolloutWorkerHost` builds a worker
 from a factory and forwards to it (and to :class:`cluster.weight_sync.AdapterHost` for syncs);
 :class:`RayTransport` is the Ray implementation of :class:`cluster.weight_sync.SyncTransport`
-(``ray.put`` once, one ``sync_adapter`` call per worker actor, ``ray.wait`` with a timeout);
-:func:`store_artifact` is how the learner's rank 0 puts an adapter artifact into the object store.
+(``ray.put`` once unless the artifact is in the object store already, one ``sync_adapter`` call per
+worker actor, ``ray.wait`` with a timeout).
 
 Restarts: rollout-worker actors are created with ``max_restarts`` (default: unlimited), so Ray
 re-runs the constructor on the same handle after the process dies; the rebuilt worker serves the
@@ -26,9 +26,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 
 from cluster.metrics import DuetMetrics, RaySink
-from cluster.weight_sync import (
-    AdapterHost, Probe, StoredArtifact, SyncAck, SyncFailure, SyncSite, WeightSyncService,
-)
+from cluster.weight_sync import AdapterHost, Probe, SyncAck, SyncFailure, SyncSite, WeightSyncService
 from rollout.adapter_artifact import AdapterArtifact
 
 NODE_PLACEHOLDER = "{node}"
@@ -84,9 +82,12 @@ class RayTransport:
     def put(self, artifact: AdapterArtifact) -> ray.ObjectRef:
         return ray.put(artifact)
 
-    def fanout(self, workers: Mapping[str, Any], handle: ray.ObjectRef, probe: Probe,
+    def fanout(self, workers: Mapping[str, Any], handle: Any, probe: Probe,
                timeout_s: float) -> dict[str, SyncAck | SyncFailure]:
-        futures = {wid: w.sync_adapter.remote(handle, probe) for wid, w in workers.items()}
+        """``handle``: an ObjectRef, or one in a one-element list or tuple (how the learner group
+        returns it); passed bare, as a top-level argument, so Ray resolves it in each worker."""
+        ref = handle[0] if isinstance(handle, (list, tuple)) else handle
+        futures = {wid: w.sync_adapter.remote(ref, probe) for wid, w in workers.items()}
         if futures:
             ray.wait(list(futures.values()), num_returns=len(futures), timeout=timeout_s)
         return {wid: self._answer(wid, f) for wid, f in futures.items()}
@@ -105,12 +106,6 @@ class RayTransport:
             return SyncFailure(worker_id, f"unreachable: {_first_line(e)}", "unreachable")
 
 
-def store_artifact(artifact: AdapterArtifact) -> StoredArtifact:
-    """Put ``artifact`` into the object store (owned by the calling process) and return its stored
-    form, small enough to travel by value to the driver and the sync service."""
-    return StoredArtifact.of(artifact, ray.put(artifact))
-
-
 def rollout_worker_actor(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = -1):
     """The rollout-worker actor class (``.options(scheduling_strategy=...).remote(factory, id, root)``)."""
     return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
@@ -121,9 +116,10 @@ def start_sync_service(probe: Probe, tolerance: float = 1e-4, timeout_s: float =
                        num_cpus: float = 0.0, **options: Any):
     """Start the weight-sync service actor (Ray transport, metrics exported through Ray).
 
-    The driver calls ``service.publish.remote(stored, expected_logprobs, tolerance)`` with the
-    :class:`~cluster.weight_sync.StoredArtifact` the learner's rank 0 made (:func:`store_artifact`);
-    the service hands the same object reference to every worker.
+    The driver calls ``service.publish.remote(StoredArtifact(role, version, group.adapter_ref(version)),
+    expected_logprobs, tolerance)``: the reference rank 0 left in the object store reaches the
+    service inside the :class:`~cluster.weight_sync.StoredArtifact`, and the service hands the same
+    reference to every worker.
     """
     cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(WeightSyncService)
     return cls.options(**options).remote(RayTransport(), probe, tolerance, timeout_s, DuetMetrics(RaySink()))

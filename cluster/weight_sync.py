@@ -130,27 +130,30 @@ class Servable(Protocol):
 
 @dataclass(frozen=True)
 class StoredArtifact:
-    """An adapter artifact already in the transport's store, by identity and handle.
+    """An adapter artifact already in the transport's store: the identity it was published under and
+    its handle.
 
-    Under Ray ``ref`` is an ObjectRef to the :class:`AdapterArtifact` (``cluster.actors.store_artifact``
-    on the learner's rank 0). Ray resolves only top-level arguments, so a ``StoredArtifact`` passed
-    to ``publish.remote`` arrives with its reference intact and the bytes go from the object store
-    straight to the workers, never through the driver or the service.
+    Under Ray ``ref`` is what the learner group's rank 0 left in the object store
+    (``learner.group.LearnerGroup.adapter_ref``: a one-element list holding the ObjectRef). Ray
+    resolves only top-level arguments, so a ``StoredArtifact`` passed to ``publish.remote`` arrives
+    with its reference intact, and the bytes go from the object store straight to the workers,
+    never through the driver or the service. ``role`` and ``version`` are those the learner was
+    asked for; every worker acknowledges the ones it found in the artifact, so a wrong claim fails
+    the proof instead of passing silently.
     """
 
     role: str
-    """The artifact's adapter slot."""
+    """Adapter name the artifact was built for."""
     version: int
-    """The artifact's version (>= 1)."""
-    sha256: str
-    """Hex sha256 of its weights."""
+    """Version the artifact was built as (>= 1)."""
     ref: object
-    """Transport handle of the artifact (a Ray ObjectRef, or the artifact itself in-process)."""
+    """Transport handle of the artifact: a Ray ObjectRef, alone or in a one-element list or tuple;
+    in-process the artifact itself."""
 
     @classmethod
     def of(cls, artifact: AdapterArtifact, ref: object) -> StoredArtifact:
         """The stored form of ``artifact`` whose handle is ``ref``."""
-        return cls(artifact.role, artifact.version, artifact.sha256, ref)
+        return cls(artifact.role, artifact.version, ref)
 
 
 @dataclass(frozen=True)
@@ -266,11 +269,14 @@ def probe_gap(answer: SyncAck, expected: Sequence[float]) -> float:
 
 
 def judge(answer: SyncAck | SyncFailure, version: int, expected: Sequence[float],
-          tolerance: float) -> SyncFailure | None:
-    """None if ``answer`` proves ``version`` (served, probe within ``tolerance``), else the failure."""
+          tolerance: float, role: str | None = None) -> SyncFailure | None:
+    """None if ``answer`` proves ``version`` (of ``role`` when given: served, probe within
+    ``tolerance``), else the failure."""
     if isinstance(answer, SyncFailure):
         return answer
     wid = answer.worker_id
+    if role is not None and answer.role != role:
+        return SyncFailure(wid, f"rejected: the artifact is {answer.role!r}, published as {role!r}", "rejected")
     if answer.error:
         return SyncFailure(wid, f"rejected (serves v{answer.version}): {answer.error}", "rejected")
     if answer.version != version:
@@ -345,7 +351,7 @@ class WeightSyncService(Generic[W]):
         failures = []
         for wid in workers:
             answer = answers.get(wid, SyncFailure(wid, "no answer", "no_answer"))
-            failure = judge(answer, version, latest.expected, latest.tolerance)
+            failure = judge(answer, version, latest.expected, latest.tolerance, role)
             self._record(wid, role, answer)
             failures += [failure] if failure else []
         latency = self.clock() - t0

@@ -241,8 +241,8 @@ def test_catch_up_brings_new_worker_to_latest_of_each_role(tmp_path):
 
 
 def test_publish_of_a_stored_artifact_fans_out_its_handle(tmp_path):
-    # the driver hands the service a StoredArtifact (identity + handle); the service never sees
-    # the bytes, passes the handle itself to the workers and keeps it for catch-up
+    # the driver hands the service a StoredArtifact (claimed identity + handle); the service never
+    # sees the bytes, passes the handle itself to the workers and keeps it for catch-up
     handles = []
 
     class Recording(LocalTransport):
@@ -262,6 +262,10 @@ def test_publish_of_a_stored_artifact_fans_out_its_handle(tmp_path):
     svc.register("w1", host(tmp_path, "w1", node="node-b"))
     assert [r.all_proven for r in svc.catch_up("w1")] == [True]
     assert handles == [art, art]
+    # a claim that does not match the artifact fails the proof on every worker
+    wrong = svc.publish(StoredArtifact("observer", 3, art), fake_logprobs(3))
+    assert [f.reason for f in wrong.failures] == ["rejected: the artifact is 'policy', published as 'observer'"] * 2
+    assert svc.latest_versions() == {"policy": 3}
 
 
 def test_sync_latency_uses_injected_clock(tmp_path):

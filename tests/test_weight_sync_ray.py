@@ -199,27 +199,26 @@ def test_killed_worker_restarts_and_catches_up(fleet):
 
 
 class Exporter:
-    """Stands in for the learner's rank-0 actor: builds an artifact and puts it into the object store."""
+    """Stands in for the learner's rank-0 actor: builds an artifact and leaves it in the object store,
+    returning its reference in a one-element list (as ``LearnerGroup.adapter_ref`` under Ray)."""
 
     def export(self, role, version):
-        from cluster.actors import store_artifact
+        import ray
 
-        return store_artifact(payload(role, version))
+        return [ray.put(payload(role, version))]
 
 
 def test_publish_of_an_artifact_stored_by_another_actor(fleet, ray_cluster):
-    # rank 0 puts the artifact; only its StoredArtifact (identity + ObjectRef) reaches this process
-    # and the service; the workers resolve the same reference from the object store
+    # rank 0 puts the artifact; only its reference reaches this process and the service (inside a
+    # StoredArtifact); the workers resolve the same reference from the object store
     ray, handles, service = fleet
     exporter = ray.remote(num_cpus=0)(Exporter).remote()
     before = store_created_bytes(ray_cluster.address)
-    stored = ray.get(exporter.export.remote("policy", 3))
-    assert isinstance(stored, StoredArtifact) and (stored.role, stored.version) == ("policy", 3)
-    assert stored.sha256 == payload("policy", 3).sha256
-    report = service.publish(stored, fake_logprobs(3))
+    [ref] = ray.get(exporter.export.remote("policy", 3))
+    report = service.publish(StoredArtifact("policy", 3, [ref]), fake_logprobs(3))
     assert report.all_proven, report.failures
-    assert service.latest_handle("policy") == stored.ref
-    [loc] = ray.experimental.get_object_locations([stored.ref]).values()
+    assert service.latest_handle("policy") == [ref]
+    [loc] = ray.experimental.get_object_locations([ref]).values()
     assert set(loc["node_ids"]) == alive_nodes(ray)
     # put once on the exporter's node, pulled once to the other node (+ a few bytes of the call's own
     # small objects), as when the service put the record itself: the handle travels, not the bytes
