@@ -50,32 +50,32 @@ from rollout.kinds.env import EnvEpisodeConfig  # noqa: F401
 from rollout.kinds.single_turn import SingleTurnConfig  # noqa: F401
 
 
-def _prefixed(err: ValidationError, *prefix: str | int) -> ValidationError:
-    """``err`` with ``prefix`` put in front of every error's location (its messages kept)."""
-    details = [InitErrorDetails(type=PydanticCustomError(e["type"], "{msg}", {"msg": e["msg"]}),
-                                loc=(*prefix, *e["loc"]), input=e["input"]) for e in err.errors()]
-    return ValidationError.from_exception_data(err.title, details)
+def _error(loc: tuple[str | int, ...], msg: str, value: Any, kind: str = "rollout_kind") -> InitErrorDetails:
+    """One validation error at ``loc`` with message ``msg`` (kept verbatim)."""
+    return InitErrorDetails(type=PydanticCustomError(kind, "{msg}", {"msg": msg}), loc=loc, input=value)
 
 
-def _section(kind: str, value: Any) -> RolloutKind:
-    """``value`` (a mapping or an instance) validated as the section of ``kind``; errors are
-    located at ``kind`` (``rollout.<kind>.<field>`` in a recipe)."""
+def _section(kind: str, value: Any) -> tuple[RolloutKind | None, list[InitErrorDetails]]:
+    """``value`` (a mapping or an instance) validated as the section of ``kind``, or its errors,
+    located at ``kind`` (``rollout.<kind>.<field>`` in a recipe); an unknown kind's at ``kind``."""
     try:
         cls = kind_class(kind)
     except ValueError as err:
-        raise _prefixed(ValidationError.from_exception_data("RolloutConfig", [InitErrorDetails(
-            type=PydanticCustomError("unknown_kind", "{msg}", {"msg": str(err)}), loc=(), input=kind)]),
-            "kind") from None
+        return None, [_error(("kind",), str(err), kind)]
     if isinstance(value, cls):
-        return value
+        return value, []
     try:
-        return cls.model_validate(value)
+        return cls.model_validate(value), []
     except ValidationError as err:
-        raise _prefixed(err, kind) from None
+        return None, [_error((kind, *e["loc"]), e["msg"], e["input"], e["type"]) for e in err.errors()]
 
 
-class RolloutConfig(_Config):
-    """What a rollout worker produces per call."""
+def _errors(err: ValidationError) -> list[InitErrorDetails]:
+    return [_error(e["loc"], e["msg"], e["input"], e["type"]) for e in err.errors()]
+
+
+class _RolloutFields(_Config):
+    """The settings every rollout kind shares."""
 
     kind: str = "single_turn"
     """Which rollout (a registered kind): "single_turn" (single replies), "dialogue"
@@ -86,6 +86,11 @@ class RolloutConfig(_Config):
     """Base seed; each sample's engine seed is derived from (seed, step, task id, sample index)."""
     transcripts: bool = True
     """Store each episode's readable transcript in ``Episode.metadata["transcript"]``."""
+
+
+class RolloutConfig(_RolloutFields):
+    """What a rollout worker produces per call: the shared settings and the kind's section."""
+
     spec: SerializeAsAny[RolloutKind]
     """The kind's settings: section ``[rollout.<kind>]`` of a recipe (defaults when it is absent),
     written back under that name. Sections of other registered kinds are validated and dropped."""
@@ -93,24 +98,24 @@ class RolloutConfig(_Config):
     @model_validator(mode="before")
     @classmethod
     def _kind_section(cls, data: Any) -> Any:
-        """``{kind: K, K: {...}}`` -> ``{kind: K, spec: <K's class>(...)}``."""
+        """``{kind: K, K: {...}}`` -> ``{kind: K, spec: <K's class>(...)}``; every error of the
+        sections and of the shared fields is reported at once."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
         kind = data.setdefault("kind", "single_turn")
         if not isinstance(kind, str):
             return data  # the field's own check reports it
-        for other in set(registered_kinds()) - {kind}:
-            if other in data:
-                _section(other, data.pop(other))
-        data["spec"] = _section(kind, data.pop("spec", data.pop(kind, {})))
+        errors = [e for other in set(registered_kinds()) - {kind} if other in data
+                  for e in _section(other, data.pop(other))[1]]
+        data["spec"], own = _section(kind, data.pop("spec", data.pop(kind, {})))
+        if errors or own:
+            try:
+                _RolloutFields.model_validate({k: v for k, v in data.items() if k != "spec"})
+            except ValidationError as err:
+                errors = _errors(err) + errors
+            raise ValidationError.from_exception_data(cls.__name__, errors + own)
         return data
-
-    @model_validator(mode="after")
-    def _spec_is_kind(self) -> RolloutConfig:
-        if self.spec.name != self.kind:
-            raise ValueError(f"spec: a {self.spec.name!r} section for kind {self.kind!r}")
-        return self
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:

@@ -153,3 +153,12 @@ def test_rollout_sections_keep_the_recipe_shape():
         load_recipe(None, ("rollout.kind=env", "rollout.single_turn.max_tokens=3"))
     with pytest.raises(AttributeError, match="rollout.single_turn: this rollout's kind is 'dialogue'"):
         recipe.rollout.single_turn
+
+
+def test_rollout_errors_are_reported_together_at_their_recipe_paths():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(None, ('rollout.single_turn.prompt_template="{x}"', "rollout.group_size=0", "rollout.foo=1"))
+    lines = str(err.value).splitlines()[1:]
+    assert [ln.split(":")[0].strip() for ln in lines] == ["rollout.group_size", "rollout.foo",
+                                                         "rollout.single_turn.prompt_template"]
+    assert "unknown placeholders ['x']" in lines[2]
