@@ -14,7 +14,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from cluster.fleet import CallKind, WorkerDied
-from cluster.weight_sync import Probe, SyncReport
+from cluster.weight_sync import Probe, StoredArtifact, SyncReport
 from rollout.episode_arrow import EpisodeBatch
 
 RESTART_TIMEOUT_S = 300.0
@@ -86,7 +86,8 @@ class RaySyncClient:
 
     def publish(self, role: str, version: int) -> SyncReport:
         handle, expected = self._export(role, version)
-        return ray.get(self.service.publish.remote(handle, expected, self.tolerances[role]))
+        stored = StoredArtifact(role, version, handle)  # the identity travels beside the reference
+        return ray.get(self.service.publish.remote(stored, expected, self.tolerances[role]))
 
     def _export(self, role: str, version: int) -> tuple[Any, list[float]]:
         """(the adapter's object-store handle, the learner's probe log-probs) of ``role`` at
