@@ -87,7 +87,7 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mappi
     register_workers(service, workers)
     fleet = RayFleet(workers)
     sync = RaySyncClient(service, learners, PROBE, {r: recipe.proof_tolerance(r) for r in recipe.trainable_roles})
-    adapters = {role: rc.adapter for role, rc in recipe.rollout.roles().items()}
+    adapters = recipe.resolve().adapters()  # role -> adapter, in the rollout kind's role order
     driver = Driver(recipe, fleet, learners, sync, log, train_items, adapters, pids=fleet.pids())
     for role in recipe.trainable_roles if publish else ():
         driver.publish(role)

@@ -176,7 +176,8 @@ def make(mode="sync", staleness=1, steps=3, **extra):
     fleet = FakeFleet(group=2)
     sync, learner, log = FakeSync(fleet), FakeLearner(), FakeLog()
     driver = Driver(recipe, fleet, {"policy": learner}, sync, log, [f"t{i}" for i in range(8)],
-                    {"policy": "policy"}, pids=dict(fleet.pid))
+                    recipe.resolve().adapters(), pids=dict(fleet.pid))
+    assert driver.adapters == {"policy": "policy"}
     driver.publish("policy")
     return driver, fleet, sync, learner, log
 

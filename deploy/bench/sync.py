@@ -109,7 +109,7 @@ def adapter_syncs(recipe: Any, learner: Any, workers: Mapping[str, Any], version
     service = start_sync_service(PROBE, tolerance=1e-3)
     register_workers(service, workers)
     sync = RaySyncClient(service, {"policy": learner}, PROBE, {"policy": recipe.proof_tolerance("policy")})
-    adapters = {role: rc.adapter for role, rc in recipe.rollout.roles().items()}
+    adapters = recipe.resolve().adapters()  # role -> adapter, in the rollout kind's role order
     driver = Driver(recipe, RayFleet(workers), {"policy": learner}, sync, _Log(), [], adapters, versions)
     service_s, driver_s, load_s, nodes = [], [], [], set()
     try:
