@@ -26,13 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
-from rollout.adapter_artifact import (  # noqa: F401  (names re-exported for the store's users)
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, STABLE, AdapterArtifact, is_complete, write_artifact,
-)
+from rollout.adapter_artifact import STABLE, AdapterArtifact, is_complete, write_artifact
 from rollout.engine.base import AdapterRef, AdapterRejected
-
-AdapterPayload = AdapterArtifact
-"""The former name of :class:`~rollout.adapter_artifact.AdapterArtifact` (the same type)."""
 
 _VERSION_DIR = re.compile(r"^v(\d+)-([0-9a-f]{12})$")
 

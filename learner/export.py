@@ -15,11 +15,10 @@ from typing import Mapping
 import torch
 from safetensors.torch import save as safetensors_save
 
-from rollout.adapter_artifact import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterArtifact, read_artifact, write_artifact
+from rollout.adapter_artifact import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterArtifact, write_artifact
 from rollout.engine.base import AdapterRef
 
-__all__ = ["adapter_artifact", "export_dir", "ExportedAdapter", "adapter_files", "write_adapter",
-           "verify_adapter_dir"]
+__all__ = ["adapter_artifact", "export_dir", "ExportedAdapter"]
 
 ExportedAdapter = AdapterRef
 """Where an adapter version was written (``path``) and its checksum (``sha256``)."""
@@ -49,23 +48,3 @@ def export_dir(artifact: AdapterArtifact, out_dir: str | Path) -> ExportedAdapte
     is kept, one holding another is a FileExistsError."""
     path = write_artifact(artifact, out_dir)
     return ExportedAdapter(artifact.role, artifact.version, str(path), artifact.sha256)
-
-
-# ---- transition: the files-as-dict API learner.rank used before the artifact record --------------
-
-
-def adapter_files(state: Mapping[str, torch.Tensor], peft_config, *, role: str, version: int,
-                  base_model_id: str, step: int = 0) -> dict[str, bytes]:
-    """The artifact's files (see :func:`adapter_artifact`)."""
-    return dict(adapter_artifact(state, peft_config, role=role, version=version, base_model_id=base_model_id,
-                                 step=step).files)
-
-
-def write_adapter(files: Mapping[str, bytes], out_dir: str | Path) -> ExportedAdapter:
-    """:func:`export_dir` of the artifact ``files`` describe."""
-    return export_dir(AdapterArtifact.from_files(files), out_dir)
-
-
-def verify_adapter_dir(path: str | Path) -> dict:
-    """The manifest of a complete adapter directory whose weights hash to its sha256."""
-    return read_artifact(path).manifest

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from cluster.adapter_store import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterPayload, stable_versions
+from cluster.adapter_store import stable_versions
 from cluster.placement import RoleSpec, bundle_strategy, create_placement_groups, plan_resources, \
     remove_placement_groups
 from cluster.weight_sync import Probe
+from rollout.adapter_artifact import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterArtifact
 
 pytestmark = pytest.mark.ray
 
@@ -26,7 +27,7 @@ def expected(version):
 
 def payload(role, version):
     weights = f"{role}:{version};".encode() * 40_000
-    return AdapterPayload.build(role, version, "fake-vlm", {ADAPTER_CONFIG: b"{}", ADAPTER_WEIGHTS: weights})
+    return AdapterArtifact.build(role, version, "fake-vlm", {ADAPTER_CONFIG: b"{}", ADAPTER_WEIGHTS: weights})
 
 
 def make_worker():
