@@ -8,8 +8,9 @@ titles an actor process by the method it executes, which times the kills:
 1. once step 0 is in metrics.parquet, a worker showing ``ray::RolloutWorkerHost.rollout``: the
    driver sees the rollout call fail, waits for Ray's restart (``max_restarts=-1``), catches the
    worker up to the current adapter through the weight-sync service and re-runs the lost shard;
-2. after that replacement is up, the other worker while ``ray::LearnerActor.train_step`` runs: the
-   weight sync of that update finds it dead; the driver waits for the restart and publishes the
+2. after that replacement is up, the other worker while a learner rank runs (``ray::RankActor.run``:
+   the update, then the adapter's export and probe scoring, all before the sync): the weight sync of
+   that update finds it dead; the driver waits for the restart and publishes the
    same version again, proven on both workers;
 3. during the held-out evaluation after RL, a worker showing ``ray::RolloutWorkerHost.evaluate``:
    its evaluation shard is re-run on the restarted worker once it serves the final adapter.
@@ -88,7 +89,7 @@ def busy_in_evaluate(procs: dict[int, str]) -> list[int]:
 def during_update(procs: dict[int, str]) -> list[int]:
     """Workers (idle ones first) while the learner trains: the driver's next call to every worker
     is the weight sync of this update (in async mode a worker may still be rolling out step t+1)."""
-    if not any(t.startswith("ray::LearnerActor.train_step") for t in procs.values()):
+    if not any(t.startswith("ray::RankActor.run") for t in procs.values()):
         return []
     return sorted(workers(procs), key=lambda pid: procs[pid] != WORKER)
 
