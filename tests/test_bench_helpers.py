@@ -126,7 +126,7 @@ def test_vm_hwm_and_roles():
     assert vm_hwm_kib("Name:\tpython\nVmPeak:\t 900 kB\nVmHWM:\t  512000 kB\nVmRSS: 1 kB\n") == 512000
     assert vm_hwm_kib("Name: x\n") is None
     assert role_of("ray::RolloutWorkerHost.rollout") == "rollout worker"
-    assert role_of("ray::LearnerActor") == "learner rank"
+    assert role_of("ray::RankActor") == "learner rank"
     assert role_of("ray::IDLE") is None and role_of("/usr/bin/raylet --x") is None
 
 

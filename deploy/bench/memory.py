@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 ROLE_TITLES = (
     ("ray::RolloutWorkerHost", "rollout worker"),
     ("ray::BenchWorkerHost", "rollout worker"),
-    ("ray::LearnerActor", "learner rank"),
+    ("ray::RankActor", "learner rank"),
     ("ray::WeightSyncService", "weight-sync service"),
 )
 """Process-title prefix -> role (Ray titles an actor's process ``ray::<class>[.<method>]``)."""
