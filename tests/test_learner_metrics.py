@@ -84,3 +84,15 @@ def test_every_scalar_field_names_its_metric(record):
     for f in fields(record):
         nested = f.type.split(" |")[0] in {"AdvantageStats", "LossStats", "OptimStats"}
         assert nested or "metric" in f.metadata, f"{record.__name__}.{f.name}"
+
+
+def test_the_facade_and_the_records_import_no_learner_framework():
+    """The driver imports the learner group facade, its records and the capability functions it
+    sends to the ranks without DeepSpeed, transformers or PEFT (only the rank's state needs them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, learner.group, learner.metrics, learner.local_world\n"
+            "print(','.join(m for m in ('deepspeed', 'transformers', 'peft', 'ray', 'vllm') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
