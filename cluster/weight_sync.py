@@ -2,17 +2,17 @@
 
 One sync of role R to version v::
 
-    learner rank 0 --store(artifact)--> object store --StoredArtifact--> driver
-    driver --publish(stored, expected)--> WeightSyncService
+    learner rank 0 --ray.put(artifact)--> object store; driver gets [ObjectRef] (LearnerGroup.adapter_ref)
+    driver --publish(StoredArtifact(R, v, [ObjectRef]), expected)--> WeightSyncService
     for every registered worker (in parallel, via the transport, same object-store handle):
         verify + materialize to node-local disk -> load_adapter -> score(probe) -> SyncAck
     service: ack.version == v and |ack.probe_logprobs - expected| <= tol  =>  worker proven
     -> SyncReport(role, v, acks, latency_s, all_proven, failures)
 
 The artifact (:class:`rollout.adapter_artifact.AdapterArtifact`) goes into the object store once,
-on the learner's rank 0; the driver and the service hold only its :class:`StoredArtifact` (identity
-and reference). ``publish`` also takes the record itself, which it puts into the transport first.
-Ray's object store is per node: the first worker on a node that needs the object pulls it from the
+on the learner's rank 0; the driver and the service hold only its reference, inside a
+:class:`StoredArtifact` (with the role and version it was published as). ``publish`` also takes
+the record itself, which it puts into the transport first. Ray's object store is per node: the first worker on a node that needs the object pulls it from the
 owner's node, later workers on that node read the same local copy (shared memory), so bytes on the
 network grow with the number of *nodes*, not workers (``tests/test_weight_sync_ray.py`` measures
 it: syncing 4 workers on 2 nodes creates exactly 2 x the object's size in the cluster's object
@@ -29,8 +29,8 @@ bf16 spacing of 1/32), so a bf16 run gets a looser bound; each report keeps the 
 (``SyncReport.probe_gap``) so the margin is visible per sync.
 
 Reasoner and Observer (and "policy") are separate roles, each with its own version sequence; the
-service keeps the handle of the latest proven artifact of each role so a new or restarted worker can be brought up
-to date with :meth:`WeightSyncService.catch_up`. Failures (refused artifacts, probe disagreement,
+service keeps the handle of the latest proven artifact of each role so a new or restarted worker
+can be brought up to date with :meth:`WeightSyncService.catch_up`. Failures (refused artifacts, probe disagreement,
 stale versions, unreachable workers) are listed in the report, never dropped.
 
 This module is plain Python (no Ray): :class:`LocalTransport` runs everything in-process for unit
