@@ -78,8 +78,9 @@ class Driver:
 
     def call(self, kind: CallKind, wid: str, part: list[Any], step: int) -> Pending:
         """Start ``kind`` on worker ``wid`` with the current versions (rollouts: the step's greedy roles)."""
-        r = self.recipe
-        greedy = greedy_roles_at(r.train, tuple(self.adapters), r.trainable_roles, step) if kind is CallKind.ROLLOUT else ()
+        r, greedy = self.recipe, ()
+        if kind is CallKind.ROLLOUT:
+            greedy = greedy_roles_at(r.train, tuple(self.adapters), r.trainable_roles, step)
         return self.fleet.start(kind, wid, part, dict(self.versions), step, greedy)
 
     def collect(self, step: int, futures: list[Shard]) -> tuple[EpisodeBatch, list]:

@@ -27,6 +27,7 @@ from rollout.types import Episode, Turn
 pytestmark = pytest.mark.unit
 
 IDS = ("rollout-0", "rollout-1")
+RERUN = "waiting for its restart and re-running its shard"
 
 
 class FakeFleet:
@@ -193,7 +194,8 @@ def counts(driver: Driver) -> dict[str, int]:
 def test_sync_mode_without_faults_trains_every_episode_once():
     driver, _, sync, learner, log = make()
     driver.train(0, 3, lambda step: None)
-    assert counts(driver) == {"produced": 24, "trained": 24, "dropped_stale": 0, "retried_shards": 0, "worker_restarts": 0}
+    assert counts(driver) == {"produced": 24, "trained": 24, "dropped_stale": 0,
+                              "retried_shards": 0, "worker_restarts": 0}
     ids = trained_ids(learner)
     assert len(ids) == len(set(ids)) == 24
     assert driver.versions == {"policy": 4} and sync.published == [("policy", v) for v in (1, 2, 3, 4)]
@@ -204,10 +206,11 @@ def test_death_during_rollout_reruns_the_shard_on_the_caught_up_worker():
     driver, fleet, _, learner, log = make()
     fleet.die.add((CallKind.ROLLOUT, "rollout-1", 1))  # step 1's shard of rollout-1 (tasks t6, t7)
     driver.train(0, 3, lambda step: None)
-    assert counts(driver) == {"produced": 24, "trained": 24, "dropped_stale": 0, "retried_shards": 1, "worker_restarts": 1}
+    assert counts(driver) == {"produced": 24, "trained": 24, "dropped_stale": 0,
+                              "retried_shards": 1, "worker_restarts": 1}
     ids = trained_ids(learner)
     assert len(ids) == len(set(ids)) == 24 and [len(b) for b in learner.batches] == [8, 8, 8]
-    assert log.events == ["rollout worker rollout-1 died during rollout; waiting for its restart and re-running its shard"]
+    assert log.events == [f"rollout worker rollout-1 died during rollout; {RERUN}"]
     # syncs: v1 (2 workers), v2 (2), then rollout-1's catch-up to v2 (1), v3 (2), v4 (2)
     assert log.syncs == [(1, 2), (2, 2), (2, 1), (3, 2), (4, 2)]
     assert driver.pids["rollout-1"] == 1101
@@ -220,7 +223,7 @@ def test_death_during_evaluation_reruns_its_shard():
     assert result == {"episodes": 5.0, "reward": 1.0, "success": 1.0}  # 3 + 2 items, one sample each
     assert counts(driver)["retried_shards"] == 1 and counts(driver)["worker_restarts"] == 1
     assert counts(driver)["produced"] == 0  # evaluations are not training episodes
-    assert log.events == ["rollout worker rollout-0 died during evaluate; waiting for its restart and re-running its shard"]
+    assert log.events == [f"rollout worker rollout-0 died during evaluate; {RERUN}"]
 
 
 def test_death_during_sync_republishes_the_same_version():
@@ -231,7 +234,8 @@ def test_death_during_sync_republishes_the_same_version():
     assert log.syncs == [(1, 2), (2, 2), (3, 1), (3, 2), (4, 2)]
     assert log.events == ["rollout worker rollout-0 died during the sync of policy v3; waiting for its restart "
                           "and syncing it again"]
-    assert counts(driver) == {"produced": 24, "trained": 24, "dropped_stale": 0, "retried_shards": 0, "worker_restarts": 1}
+    assert counts(driver) == {"produced": 24, "trained": 24, "dropped_stale": 0,
+                              "retried_shards": 0, "worker_restarts": 1}
     assert driver.versions == {"policy": 4}
 
 
@@ -241,7 +245,8 @@ def test_one_death_failing_a_sync_and_a_rollout_counts_one_restart():
     driver, _, sync, learner, log = make(mode="async", staleness=1)
     sync.die.add((2, "rollout-1"))
     driver.train(0, 3, lambda step: None)
-    assert counts(driver) == {"produced": 24, "trained": 24, "dropped_stale": 0, "retried_shards": 1, "worker_restarts": 1}
+    assert counts(driver) == {"produced": 24, "trained": 24, "dropped_stale": 0,
+                              "retried_shards": 1, "worker_restarts": 1}
     assert len(log.events) == 2 and "died during the sync of policy v2" in log.events[0]
     assert "died during rollout" in log.events[1]
     step1 = [e.policy_versions["policy"] for e in learner.batches[1].episodes]
@@ -254,7 +259,8 @@ def test_the_same_death_with_max_staleness_0_drops_the_lagging_episodes():
     sync.die.add((2, "rollout-1"))
     driver.train(0, 3, lambda step: None)
     # step 0: 8 at v1, lag 0; step 1: 4 at v1 (lag 1, dropped) + 4 re-run at v2; step 2: 8 at v2, now v3 (dropped)
-    assert counts(driver) == {"produced": 24, "trained": 12, "dropped_stale": 12, "retried_shards": 1, "worker_restarts": 1}
+    assert counts(driver) == {"produced": 24, "trained": 12, "dropped_stale": 12,
+                              "retried_shards": 1, "worker_restarts": 1}
     assert [len(b) for b in learner.batches] == [8, 4, 0]
 
 
@@ -262,7 +268,8 @@ def test_async_staleness_drops_and_in_flight():
     driver, _, _, learner, log = make(mode="async", staleness=0)
     driver.train(0, 3, lambda step: None)
     # steps 1 and 2 were launched one version before their update: lag 1 > 0, all 8 dropped
-    assert counts(driver) == {"produced": 24, "trained": 8, "dropped_stale": 16, "retried_shards": 0, "worker_restarts": 0}
+    assert counts(driver) == {"produced": 24, "trained": 8, "dropped_stale": 16,
+                              "retried_shards": 0, "worker_restarts": 0}
     assert [lp[:3] + lp[4:] for lp in log.loops] == [(0, 8, 0, 8), (1, 8, 8, 8), (2, 8, 8, 0)]
     assert [len(b) for b in learner.batches] == [8, 0, 0]
 

@@ -7,7 +7,8 @@ runs the phases one after the other on the same actors: e.g. ``[("sync", 8), ("a
 Per-step figures are the driver's own (the rows of the run's ``metrics.parquet``, long format: step,
 scope, name, value): ``rollout/time/step`` (sample -> update -> sync, wall), ``rollout/time/sample``
 (waiting for the step's rollouts) and the learner rank's ``learner/policy/time/step`` (inside the
-rank). Start-up (Ray, actors, first publish) is timed separately and never enters a step. Peak memory of every process is sampled meanwhile.
+rank). Start-up (Ray, actors, first publish) is timed separately and never enters a step. Peak
+memory of every process is sampled meanwhile.
 """
 
 from __future__ import annotations
