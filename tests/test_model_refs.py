@@ -87,9 +87,9 @@ def test_duet_train_with_an_unbuilt_model_exits_2_in_one_line_before_ray(tmp_pat
     from cluster.cli import main
 
     monkeypatch.setattr(cluster.run, "MODELS_DIR", tmp_path / "models")
+    monkeypatch.setattr(cluster.run, "init_ray", lambda recipe: pytest.fail("duet train started Ray"))
     run_dir = tmp_path / "run"
     assert main(["train", "smoke", "--set", f"output.dir={run_dir}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("duet: roles.policy.model: built-in model 'tiny-qwen2-vl' is not built")
     assert "python -m deploy.offline_models build" in err and not run_dir.exists()
-    assert "ray" not in __import__("sys").modules or not __import__("ray").is_initialized()
