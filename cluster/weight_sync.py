@@ -319,10 +319,6 @@ class WeightSyncService(Generic[W]):
         self._workers.pop(worker_id, None)
         self._served.pop(worker_id, None)
 
-    def get_probe(self) -> Probe:
-        """The probe the learner must score to compute ``expected_logprobs``."""
-        return self.probe
-
     def publish(self, artifact: AdapterArtifact | StoredArtifact, expected_logprobs: Sequence[float],
                 tolerance: float | None = None) -> SyncReport:
         """Sync every registered worker to ``artifact``; it becomes the role's latest version once at

@@ -34,7 +34,13 @@ def test_light_modules_do_not_import_heavy_frameworks():
 # Layer directions (issue 11): the rollout side defines the types rewards grade (rollout.types.Reward,
 # RewardResult), so it never imports rewards/; the cluster receives resolved model paths, so it never
 # imports deploy/ (where models are built). Checked statically, every import statement, nested or not.
-FORBIDDEN = [("rollout", "rewards"), ("cluster", "deploy")]
+FORBIDDEN = [("rollout", "rewards"), ("rollout", "learner"), ("rollout", "cluster"), ("rollout", "deploy"),
+             ("rewards", "learner"), ("rewards", "cluster"), ("rewards", "deploy"),
+             ("learner", "cluster"), ("learner", "deploy"), ("cluster", "deploy")]
+"""(package, what it must not import): the layers of ARCHITECTURE.md, lower ones never importing higher ones."""
+
+HEAVY_HOME = {"vllm": "rollout/engine/vllm_engine.py", "deepspeed": "learner/deepspeed_engine.py"}
+"""The one module of the project's packages that may import each heavy framework."""
 
 
 def _imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -67,3 +73,12 @@ def test_the_direction_check_sees_nested_imports(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("import os\ndef f():\n    from deploy.offline_models import resolve_model\n")
     assert _imported_modules(src) == [(1, "os"), (3, "deploy.offline_models")]
+
+
+@pytest.mark.parametrize("framework", sorted(HEAVY_HOME))
+def test_each_heavy_framework_is_imported_by_one_leaf_module(framework):
+    root = Path(__file__).resolve().parents[1]
+    importers = {str(p.relative_to(root)) for pkg in ("rollout", "learner", "rewards", "cluster")
+                 for p in sorted((root / pkg).rglob("*.py"))
+                 if any(m == framework or m.startswith(framework + ".") for _, m in _imported_modules(p))}
+    assert importers == {HEAVY_HOME[framework]}

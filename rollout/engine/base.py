@@ -82,12 +82,13 @@ class AdapterRef:
     """A LoRA adapter version on local disk, as published by the learner."""
 
     name: str
-    """Adapter slot: "policy", "reasoner" or "observer"."""
+    """Adapter slot: the adapter name of the roles it serves (e.g. "policy", "reasoner", "observer")."""
     version: int
     path: str
     """PEFT directory (adapter_config.json + adapter_model.safetensors)."""
     sha256: str = ""
-    """Checksum of adapter_model.safetensors; verified before loading when non-empty."""
+    """Checksum of adapter_model.safetensors; verified before loading when non-empty. Syncs pass ""
+    (the node store verified the artifact once when it materialized it)."""
 
 
 class AdapterRejected(ValueError):
