@@ -106,7 +106,7 @@ def _materialize_in_child(args):
 
 
 def test_concurrent_processes_materialize_one_directory(tmp_path):
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # fork from a process holding Ray's threads can deadlock
     with ctx.Pool(4) as pool:
         paths = pool.map(_materialize_in_child, [(str(tmp_path), 1)] * 8)
     assert set(paths) == {str(tmp_path / "policy" / payload().dirname)}
