@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from rewards.base import Reward, RewardResult, RewardSpec, as_spec, build_reward, register_reward
+from rollout.guard import call_reward
 from rollout.types import Episode, Task
 
 
@@ -18,6 +19,10 @@ class WeightedSum:
 
     Child names must be unique; a nested component whose key is already taken is stored as
     ``"{child.name}/{key}"`` so nothing is silently overwritten.
+
+    Each child is called through :func:`rollout.guard.call_reward`: a child that raises scores 0
+    (its reason ``"reward 'x' raised KeyError: ..."``) while the other children keep their scores,
+    and its fault is passed on in ``faults`` (the episode is counted as a plugin failure).
     """
 
     terms: tuple[tuple[Reward, float], ...]
@@ -35,15 +40,16 @@ class WeightedSum:
             raise ValueError(f"WeightedSum: weights must be finite, got {bad}")
 
     def __call__(self, task: Task, episode: Episode) -> RewardResult:
-        score, components, reasons = 0.0, {}, []
+        score, components, reasons, faults = 0.0, {}, [], []
         for reward, weight in self.terms:
-            result = reward(task, episode)
+            result = call_reward(reward, task, episode)
+            faults += result.faults
             score += weight * result.score
             for key, value in (result.components or {reward.name: result.score}).items():
                 components[key if key not in components else f"{reward.name}/{key}"] = value
             if result.reason:
                 reasons.append(f"{reward.name}: {result.reason}")
-        return RewardResult(score, components, "; ".join(reasons))
+        return RewardResult(score, components, "; ".join(reasons), tuple(faults))
 
 
 @register_reward("weighted_sum")

@@ -13,7 +13,9 @@ As in RL4VLM, every step is a FRESH single-turn prompt holding only the current 
 of earlier steps), so each turn's ``prompt_ids`` is self-contained.
 
 Episode reward = undiscounted return (sum of step rewards), unless a reward plugin is given;
-success = return > 0 (the paper's criterion). Each turn's ``cot_span``/``action_span`` are TOKEN
+success = return > 0 (the paper's criterion). An environment that raises in ``reset`` or ``step``
+ends that episode only (finish reason "error", reward 0, reason ``"env 'x' raised ..."``, marked as
+a plugin failure by :mod:`rollout.guard`); the other episodes of the batch go on. Each turn's ``cot_span``/``action_span`` are TOKEN
 spans of ``output_ids`` (see :func:`reply_token_spans`), for the lambda-scaled CoT log-prob.
 """
 
@@ -41,7 +43,8 @@ from rollout.envs import (
 from rollout.envs.spans import CharSpan
 from rollout.episode_arrow import EpisodeBatch, image_hash
 from rollout.single_turn import derive_seed, episode_id, group_id, make_turn, score, timed_generate
-from rollout.types import Episode, Reward, Span, Task, Turn
+from rollout.guard import fault_of, mark
+from rollout.types import Episode, PluginFault, Reward, Span, Task, Turn
 
 if TYPE_CHECKING:
     from rollout.kinds.env import EnvEpisodeConfig
@@ -141,6 +144,8 @@ class _Run:
     finish: str = ""
     bootstrap: Turn | None = None
     """Set when the time limit truncates the episode: the final state's prompt (no output)."""
+    fault: PluginFault | None = None
+    """The environment raised in ``reset`` or ``step``: the episode ended there (finish "error")."""
 
 
 def env_task_id(env: str, env_seed: int) -> str:
@@ -173,9 +178,13 @@ def _start(cfg: EnvEpisodeConfig, env_seed: int, k: int, step: int, seed: int) -
     if cfg.max_steps is not None:
         kwargs["max_steps"] = cfg.max_steps
     env = make_env(cfg.env, **kwargs)
-    observation, info = env.reset(seed=env_seed)
     rng = np.random.default_rng(derive_seed(seed, step, env_seed, k, "invalid-actions"))
     gid = group_id(env_task_id(cfg.env, env_seed), step)
+    try:
+        observation, info = env.reset(seed=env_seed)
+    except Exception as err:  # noqa: BLE001 - an environment's bug costs this episode only
+        return _Run(env, env_seed, k, gid, rng, np.zeros((1, 1, 3), np.uint8), {}, finish="error",
+                    fault=fault_of("env", cfg.env, err))
     return _Run(env, env_seed, k, gid, rng, observation, info)
 
 
@@ -191,8 +200,13 @@ def _advance(r: _Run, engine: Engine, cfg: EnvEpisodeConfig, c: Completion, png:
              wall: float) -> None:
     """Parse and play one reply, record its turn (with step reward and token spans)."""
     policy = InvalidActionPolicy(cfg.invalid_action, cfg.invalid_penalty)
-    ts = step_with_text(r.env, c.text, policy, r.rng)
     cot, action = reply_token_spans(engine.tokenizer, c.output_ids, cfg.span_mode)
+    try:
+        ts = step_with_text(r.env, c.text, policy, r.rng)
+    except Exception as err:  # noqa: BLE001 - an environment's bug costs this episode only
+        r.turns.append(make_turn("policy", c, cfg.policy, [png], wall, cot_span=cot, action_span=action))
+        r.finish, r.fault = "error", fault_of("env", cfg.env, err)
+        return
     r.turns.append(make_turn("policy", c, cfg.policy, [png], wall, reward=ts.reward,
                              cot_span=cot, action_span=action))
     r.actions.append("?" if ts.executed is None else r.env.ACTIONS[ts.executed])
@@ -214,9 +228,16 @@ def _bootstrap_turn(chat: ChatFormat, r: _Run, cfg: EnvEpisodeConfig, last: Comp
 
 
 def _episode(r: _Run, cfg: EnvEpisodeConfig, reward: Reward | None) -> Episode:
-    """Episode with reward = return (or the plugin's score) and success = return > 0."""
+    """Episode with reward = return (or the plugin's score) and success = return > 0; an episode
+    whose environment raised: reward 0 with the fault's reason, marked (no reward plugin called)."""
     ret = math.fsum(t.reward for t in r.turns)
     task = Task(task_id=env_task_id(cfg.env, r.env_seed), question=cfg.env, answer="", source=cfg.env)
+    if r.fault is not None:
+        return mark(Episode(
+            episode_id=episode_id(r.group, r.k), group_id=r.group, task_id=task.task_id,
+            turns=tuple(r.turns), reward=0.0, reward_components={"env_return": 0.0}, finish_reason="error",
+            success=False, reward_reason=r.fault.reason, metadata={"env": cfg.env, "env_seed": str(r.env_seed)},
+        ), [r.fault])
     episode = Episode(
         episode_id=episode_id(r.group, r.k), group_id=r.group, task_id=task.task_id, turns=tuple(r.turns),
         reward=ret, reward_components={"env_return": ret}, finish_reason=r.finish, success=ret > 0,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 from rollout.chat import ChatFormat
 from rollout.engine.base import Completion, Engine, Request
 from rollout.episode_arrow import EpisodeBatch, image_hash
+from rollout.guard import call_reward, mark
 from rollout.kinds.base import AnswerFormat, Messages, RoleConfig, opening
 from rollout.types import Episode, Reward, Task, Turn
 
@@ -92,15 +93,18 @@ def score(task: Task, episode: Episode, reward: Reward | None, success_component
     """``episode`` with the reward's score, components and reason applied, and ``success`` set from
     ``success_component`` (>= 1 means success) when it is given and the reward reports it. A reason
     the rollout already recorded (no parsable answer, a cut-short dialogue) is the root cause and
-    is kept over the reward's."""
+    is kept over the reward's, except that a reward that raised (:func:`rollout.guard.call_reward`:
+    score 0, the episode marked) puts its own reason first."""
     if reward is None:
         return episode
-    result = reward(task, episode)
+    result = call_reward(reward, task, episode)
     success = episode.success
     if success_component is not None and success_component in result.components:
         success = result.components[success_component] >= 1.0
-    return dataclasses.replace(episode, reward=result.score, reward_components=dict(result.components),
-                               reward_reason=episode.reward_reason or result.reason, success=success)
+    reason = result.reason if result.faults else episode.reward_reason or result.reason
+    scored = dataclasses.replace(episode, reward=result.score, reward_components=dict(result.components),
+                                 reward_reason=reason, success=success)
+    return mark(scored, result.faults)
 
 
 def collect_images(tasks: Sequence[Task]) -> dict[str, bytes]:

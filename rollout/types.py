@@ -183,6 +183,31 @@ class Task:
 
 
 @dataclass(frozen=True)
+class PluginFault:
+    """A user plugin (a reward, an environment) that raised on one episode, as :mod:`rollout.guard`
+    records it: the episode is scored 0 with :attr:`reason` instead of failing the rollout."""
+
+    kind: str
+    """What raised: "reward" or "env"."""
+    name: str
+    """The plugin's name (a reward's ``name``, the environment's name)."""
+    error: str
+    """The traceback's last line, e.g. ``"KeyError: 'colour'"``."""
+    traceback: str = ""
+    """The formatted traceback (its last lines when long)."""
+
+    @property
+    def plugin(self) -> str:
+        """``"<kind>/<name>"``, the key faults are counted by (``plugin_errors/<kind>/<name>``)."""
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def reason(self) -> str:
+        """The episode's reward reason, e.g. ``"reward 'x' raised KeyError: 'colour'"``."""
+        return f"{self.kind} {self.name!r} raised {self.error}"
+
+
+@dataclass(frozen=True)
 class RewardResult:
     """One reward's verdict on one episode.
 
@@ -197,11 +222,15 @@ class RewardResult:
     """Every named part's unweighted score (a leaf: at least ``{name: score}``)."""
     reason: str = ""
     """Why the score is zero or partial because of the output; empty for a full score."""
+    faults: tuple[PluginFault, ...] = ()
+    """Rewards that raised instead of scoring (each then counted as 0 by :mod:`rollout.guard`);
+    empty for a reward that ran."""
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.score):
             raise ValueError(f"RewardResult.score: must be finite, got {self.score}")
         object.__setattr__(self, "components", dict(self.components))
+        object.__setattr__(self, "faults", tuple(self.faults))
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ version.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from rollout.config import RolloutConfig
 from rollout.engine.base import AdapterRef, Engine
 from rollout.episode_arrow import EpisodeBatch
+from rollout.guard import fault_counts, fault_rows
 from rollout.transcript import with_transcript
 from rollout.types import Reward, Task
 
@@ -47,6 +48,9 @@ class RolloutStats:
     mean_reward: float
     success_rate: float | None
     """Fraction of episodes with ``success`` True among those where it is defined; None if none is."""
+    plugin_errors: Mapping[str, int] = field(default_factory=dict)
+    """Plugin (``"reward/<name>"``, ``"env/<name>"``) -> episodes it raised on, each scored 0
+    (:mod:`rollout.guard`); empty when no plugin raised."""
 
     def as_dict(self) -> dict[str, float]:
         """Flat metric names -> values (``generated_tokens/<role>`` per role)."""
@@ -56,7 +60,7 @@ class RolloutStats:
         out |= {f"generated_tokens/{r}": float(n) for r, n in self.generated_tokens.items()}
         if self.success_rate is not None:
             out["success_rate"] = self.success_rate
-        return out
+        return out | fault_rows(self.plugin_errors)
 
 
 def batch_stats(batch: EpisodeBatch, wall_s: float) -> RolloutStats:
@@ -72,6 +76,7 @@ def batch_stats(batch: EpisodeBatch, wall_s: float) -> RolloutStats:
         latency_p50_s=float(np.median([t.latency_s for t in turns])) if turns else 0.0,
         mean_reward=float(np.mean([e.reward for e in batch.episodes])) if len(batch) else 0.0,
         success_rate=float(np.mean(defined)) if defined else None,
+        plugin_errors=fault_counts(batch.episodes),
     )
 
 
