@@ -11,4 +11,4 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 fi
 cd "$ROOT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec "$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider --timeout=900 "${@:-tests}"
+exec "$ROOT/.venv/bin/python" -m pytest -p no:cacheprovider --timeout=900 --durations=30 "${@:-tests}"
