@@ -34,8 +34,10 @@ from typing import Any, Callable, Mapping, Sequence
 from cluster.config import Recipe
 from cluster.fleet import CallKind, Learner, Pending, RolloutFleet, SyncClient, WorkerDied
 from cluster.metrics import mean_staleness
+from cluster.plugin_faults import tally
 from cluster.schedule import Counters, greedy_roles_at, roles_at, shard, stale_episodes, summarize
 from rollout.episode_arrow import EpisodeBatch
+from rollout.guard import fault_rows
 
 Shard = tuple[str, list[Any], Pending]
 """(worker id, the shard's items, its started call)."""
@@ -58,6 +60,8 @@ class Driver:
     counters: Counters = field(default_factory=Counters)
     pids: dict[str, int] = field(default_factory=dict)
     """Process id of each rollout worker when last seen (a new one means its process was restarted)."""
+    plugin_errors: dict[str, int] = field(default_factory=dict)
+    """Plugin -> training episodes it raised on (scored 0, :mod:`cluster.plugin_faults`), this process."""
 
     # ---- phases ------------------------------------------------------------------------------
 
@@ -88,6 +92,8 @@ class Driver:
         results = self.gather(futures, CallKind.ROLLOUT, step)
         batch = EpisodeBatch.concat([b for b, _ in results])
         self.counters.produced += len(batch)
+        limit = self.recipe.train.max_plugin_error_fraction  # raises PluginFailed over it (plugin_faults)
+        tally(batch.episodes, self.plugin_errors, limit, f"step {step}", step)
         return batch, [st for _, st in results]
 
     def gather(self, futures: list[Shard], kind: CallKind, step: int) -> list:
@@ -165,6 +171,8 @@ class Driver:
         futures = self.start(CallKind.EVALUATE, items, step)
         batch = EpisodeBatch.concat([b for b, _ in self.gather(futures, CallKind.EVALUATE, step)])
         result = summarize(batch.episodes)
+        limit = self.recipe.train.max_plugin_error_fraction
+        result |= fault_rows(tally(batch.episodes, None, limit, f"evaluation {label}", step))
         self.log.evaluation(label, result, batch)
         return result
 

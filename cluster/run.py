@@ -157,6 +157,7 @@ def live_run(recipe: Recipe, log, models: Mapping[str, Path], publish: bool = Tr
 
 def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
     """Run ``recipe`` end to end; see the module docstring."""
+    from cluster.plugin_faults import checkpoint_on_failure
     from cluster.progress import RunLog
 
     t0 = time.time()
@@ -170,7 +171,8 @@ def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
                  loggers=recipe.output.loggers)
     try:
         with live_run(recipe, log, models, publish=not resume) as live:
-            summary = train_run(live, recipe, log, earlier if resume else None, t0)
+            with checkpoint_on_failure(lambda step: live.driver.checkpoint(run_dir, step), run_dir):
+                summary = train_run(live, recipe, log, earlier if resume else None, t0)
     except BaseException:
         log.close(failed=True)  # trackers finished (marked failed), the progress bar stopped
         raise
@@ -183,6 +185,7 @@ def train_run(live: LiveRun, recipe: Recipe, log, earlier: list[dict[str, Any]] 
     """Restore (``earlier``: the metrics rows of the resumed attempt) or evaluate the base model and
     warm start, then evaluate, train, checkpoint, evaluate; the run's summary."""
     from cluster.metrics import hold_for_export
+    from cluster.plugin_faults import count_names
     from cluster.sft_data import sft_examples_for
 
     driver, eval_items, run_dir = live.driver, live.eval_items, recipe.run_dir()
@@ -203,5 +206,6 @@ def train_run(live: LiveRun, recipe: Recipe, log, earlier: list[dict[str, Any]] 
         log.event(f"held-out success before RL {before['success']:.3f} -> after RL "
                   f"{after['success']:.3f} ({100 * (after['success'] - before['success']):+.1f} points)")
     hold_for_export(recipe.output.metrics_flush_s, bool(recipe.cluster.address) or recipe.cluster.dashboard)
-    return RunSummary(True, recipe.train.steps, log.evals, asdict(driver.counters), str(run_dir),
+    counters = asdict(driver.counters) | count_names(driver.plugin_errors)  # plugin_errors/<kind>/<name>
+    return RunSummary(True, recipe.train.steps, log.evals, counters, str(run_dir),
                       time.time() - t0, dict(driver.versions), driver.sync.served_versions())
