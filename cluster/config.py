@@ -121,6 +121,13 @@ class TrainConfig(_Config):
     """Evaluate every N steps (0: only before and after training)."""
     checkpoint_every: int = Field(0, ge=0)
     """Checkpoint every N steps (0: only at the end)."""
+    max_learner_restarts: int = Field(2, ge=0)
+    """Times the run starts a learner group again after one of its ranks died (its process killed,
+    its node lost): the group is replaced, every learner and the run's counts rewind to the last
+    checkpoint, its adapters are published as new versions and the steps since then are run again
+    (counted as ``steps_replayed``). One death more stops the run with an error. Above 0, a run
+    starting at step 0 also writes a checkpoint there (``checkpoints/step_000000``, after the warm
+    start), so there is always one to go back to; 0: a learner's death ends the run."""
     sft: SFTStage = SFTStage()
     """Optional warm start."""
 

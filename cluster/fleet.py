@@ -5,6 +5,8 @@ on one worker, get its result from the returned :class:`Pending` handle (which r
 :class:`WorkerDied` when the worker's process died during the call), and wait for a worker's
 restart. A :class:`SyncClient` publishes a trained role's adapter version to every worker and proves
 it (:class:`cluster.weight_sync.SyncReport`), and brings one worker up to date after a restart.
+A :class:`Learner` whose rank dies during a call raises :class:`LearnerDied`; a
+:class:`LearnerFactory` starts a fresh learner group for that role in its place.
 
 Ray implementations live at the edge, in :mod:`cluster.ray_fleet`; ``tests/test_driver.py`` drives
 :class:`cluster.driver.Driver` on in-process fakes of both.
@@ -35,6 +37,20 @@ class WorkerDied(Exception):
     def __init__(self, worker_id: str, detail: str = "") -> None:
         super().__init__(f"rollout worker {worker_id} died" + (f": {detail}" if detail else ""))
         self.worker_id = worker_id
+
+
+class LearnerDied(Exception):
+    """A rank of trained role ``role``'s learner group died during a call (update, adapter export,
+    probe, checkpoint): the group is unusable (its world lost a member); the driver replaces it
+    (:meth:`LearnerFactory.relaunch`) and rewinds the run to the last checkpoint."""
+
+    def __init__(self, role: str, detail: str = "") -> None:
+        super().__init__(f"learner {role} died" + (f": {detail}" if detail else ""))
+        self.role = role
+
+
+class LearnerRestartsSpent(RuntimeError):
+    """A learner died once more than ``train.max_learner_restarts`` allows: the run stops."""
 
 
 class Pending(Protocol):
@@ -94,3 +110,13 @@ class Learner(Protocol):
     def save_checkpoint(self, directory: str | Path) -> Any: ...
 
     def load_checkpoint(self, directory: str | Path) -> None: ...
+
+
+class LearnerFactory(Protocol):
+    """Starts a trained role's learner group again after one of its ranks died."""
+
+    def relaunch(self, role: str) -> Learner:
+        """Release ``role``'s (dead) learner group and start a fresh one in its place (same ranks and
+        resources; the sync client exports from the new one from now on); returns the new group,
+        whose state the caller loads from a checkpoint."""
+        ...

@@ -161,6 +161,16 @@ class RunLog:
         self.trackers.completed(start)
         self.display.begin("RL steps", total, start)
 
+    def rewind(self, step: int, faults: Mapping[str, float]) -> None:
+        """The run went back to step ``step`` (a learner restart): the rows of steps ``step`` and
+        later are dropped (they are run again; events, ``-1``, stay), ``faults`` (name -> count so
+        far) recorded under scope ``faults``."""
+        self.rows[:] = [r for r in self.rows if r["step"] < step]
+        for name, value in faults.items():
+            self._row(-1, "faults", name, value)
+        self.trackers.completed(step)
+        self.flush()
+
     def _advance(self, step: int, summary: Mapping[str, float]) -> None:
         self.trackers.completed(step + 1)
         self.display.advance(step + 1, f"reward {summary['reward']:+.3f} success {summary['success']:.2f}")

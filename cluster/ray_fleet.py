@@ -76,13 +76,15 @@ class RaySyncClient:
     started with, ``tolerances`` each role's proof bound. A publish hands the service the adapter
     where the learner's rank 0 left it in the object store (``LearnerGroup.adapter_ref``: the bytes
     go from there to the workers, never through this process). The last export of each role is
-    kept, so publishing the same version again (a worker died during its sync) sends the same one."""
+    kept, so publishing the same version again (a worker died during its sync) sends the same one.
+    ``learners`` is read at each export, not copied: a learner group started again after a death
+    (:class:`cluster.assemble.RayLearners`) replaces its role's entry, and is exported from then on."""
 
     def __init__(self, service: Any, learners: Mapping[str, Any], probe: Probe,
                  tolerances: Mapping[str, float]) -> None:
-        self.service, self.learners, self.probe = service, dict(learners), probe
+        self.service, self.learners, self.probe = service, learners, probe
         self.tolerances = dict(tolerances)
-        self._exported: dict[str, tuple[int, Any, list[float]]] = {}
+        self._exported: dict[str, tuple[int, Any, Any, list[float]]] = {}
 
     def publish(self, role: str, version: int) -> SyncReport:
         handle, expected = self._export(role, version)
@@ -91,13 +93,12 @@ class RaySyncClient:
 
     def _export(self, role: str, version: int) -> tuple[Any, list[float]]:
         """(the adapter's object-store handle, the learner's probe log-probs) of ``role`` at
-        ``version``, exported once."""
-        kept = self._exported.get(role)
-        if kept is None or kept[0] != version:
-            learner = self.learners[role]
-            kept = (version, learner.adapter_ref(version), learner.probe_logprobs(self.probe))
+        ``version``, exported once by the role's current learner group."""
+        kept, learner = self._exported.get(role), self.learners[role]
+        if kept is None or kept[:2] != (version, learner):
+            kept = (version, learner, learner.adapter_ref(version), learner.probe_logprobs(self.probe))
             self._exported[role] = kept
-        return kept[1], kept[2]
+        return kept[2], kept[3]
 
     def catch_up(self, worker_id: str) -> list[SyncReport]:
         return ray.get(self.service.catch_up.remote(worker_id))

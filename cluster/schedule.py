@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Mapping, Sequence
 
 from cluster.config import TrainConfig
 from rollout.types import Episode
@@ -49,24 +49,46 @@ def stale_episodes(episodes: Sequence[Episode], versions: dict[str, int], adapte
 
 @dataclass
 class Counters:
-    """Exact episode accounting: produced = trained + dropped (a test checks it)."""
+    """Exact episode accounting: produced = trained + dropped (a test checks it).
+
+    After a learner's death the run rewinds to its last checkpoint (:meth:`cluster.driver.Driver.recover`):
+    every count goes back to the checkpoint's except the :data:`FAULTS`, so produced = trained +
+    dropped still holds and counts each episode of the run's final history once; the episodes of the
+    discarded history (the steps since the checkpoint, and what was in flight) are
+    ``episodes_discarded``, so every episode generated is produced + episodes_discarded."""
 
     produced: int = 0
     trained: int = 0
     dropped_stale: int = 0
     retried_shards: int = 0
     worker_restarts: int = 0
+    learner_restarts: int = 0
+    """Learner groups started again after one of their ranks died."""
+    steps_replayed: int = 0
+    """Steps completed after the checkpoint a learner restart rewound to, then run again (the step
+    the learner died in is not counted: it had not completed)."""
+    episodes_discarded: int = 0
+    """Training episodes of a history a learner restart discarded: those counted as produced after
+    the checkpoint it rewound to, plus the rollouts in flight at the death (collected and thrown
+    away). A batch the checkpoint itself held (async mode) is counted produced again when the
+    replay trains it."""
+
+    FAULTS: ClassVar[tuple[str, ...]] = ("retried_shards", "worker_restarts", "learner_restarts",
+                                         "steps_replayed", "episodes_discarded")
+    """Counts of what happened to the run, kept when a learner restart rewinds the others."""
 
     def restore(self, saved: Mapping[str, int]) -> None:
-        """Take the counts of a checkpoint's ``driver.json`` (``saved``: field name -> count)."""
-        unknown = set(saved) - set(vars(self))
+        """Take the counts of a checkpoint's ``driver.json`` (``saved``: field name -> count; a count
+        it lacks, from an older checkpoint, keeps its value)."""
+        unknown = set(saved) - {f.name for f in fields(self)}
         if unknown:
             raise ValueError(f"checkpoint counters: unknown names {sorted(unknown)}")
-        self.produced = int(saved.get("produced", self.produced))
-        self.trained = int(saved.get("trained", self.trained))
-        self.dropped_stale = int(saved.get("dropped_stale", self.dropped_stale))
-        self.retried_shards = int(saved.get("retried_shards", self.retried_shards))
-        self.worker_restarts = int(saved.get("worker_restarts", self.worker_restarts))
+        for f in fields(self):
+            setattr(self, f.name, int(saved.get(f.name, getattr(self, f.name))))
+
+    def faults(self) -> dict[str, int]:
+        """The :data:`FAULTS` counts now (to put back with :meth:`restore` after a rewind)."""
+        return {name: getattr(self, name) for name in self.FAULTS}
 
 
 def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
