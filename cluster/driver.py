@@ -36,6 +36,8 @@ from cluster.fleet import CallKind, Learner, Pending, RolloutFleet, SyncClient, 
 from cluster.metrics import mean_staleness
 from cluster.plugin_faults import tally
 from cluster.schedule import Counters, greedy_roles_at, roles_at, shard, stale_episodes, summarize
+from cluster import inflight
+from cluster.inflight import Collected
 from rollout.episode_arrow import EpisodeBatch
 from rollout.guard import fault_rows
 
@@ -60,6 +62,12 @@ class Driver:
     counters: Counters = field(default_factory=Counters)
     pids: dict[str, int] = field(default_factory=dict)
     """Process id of each rollout worker when last seen (a new one means its process was restarted)."""
+    pending: list[Shard] | Collected | None = None
+    """The next step's rollouts: calls in flight, or their batch already gathered (by a checkpoint,
+    or restored from one: :mod:`cluster.inflight`)."""
+    lag_base: dict[str, int] | None = None
+    """Adapter versions the current batch's lag is measured against when not ``versions``: a restored
+    batch's checkpoint versions (restore republishes the same weights as new numbers); until a publish."""
     plugin_errors: dict[str, int] = field(default_factory=dict)
     """Plugin -> training episodes it raised on (scored 0, :mod:`cluster.plugin_faults`), this process."""
 
@@ -87,14 +95,26 @@ class Driver:
             greedy = greedy_roles_at(r.train, tuple(self.adapters), r.trainable_roles, step)
         return self.fleet.start(kind, wid, part, dict(self.versions), step, greedy)
 
-    def collect(self, step: int, futures: list[Shard]) -> tuple[EpisodeBatch, list]:
-        """Gather every shard of the step's rollouts (see :meth:`gather`)."""
+    def collect(self, step: int, futures: list[Shard] | Collected) -> tuple[EpisodeBatch, list]:
+        """Gather every shard of the step's rollouts (see :meth:`gather`), or take the batch a
+        checkpoint gathered already (:meth:`hold`); its episodes are counted produced here."""
+        held = futures if isinstance(futures, Collected) else self.hold(step, futures)
+        if held.step != step:
+            raise RuntimeError(f"the rollouts held are step {held.step}'s, not step {step}'s")
+        self.lag_base = dict(held.versions) if held is futures else None
+        self.counters.produced += len(held.batch)
+        limit = self.recipe.train.max_plugin_error_fraction  # raises PluginFailed over it (plugin_faults)
+        tally(held.batch.episodes, self.plugin_errors, limit, f"step {step}", step)
+        return held.batch, list(held.stats)
+
+    def hold(self, step: int, futures: list[Shard] | Collected) -> Collected:
+        """Step ``step``'s launched rollouts, gathered (see :meth:`gather`) but not yet trained or
+        counted, with the versions their lag is measured against (the current ones)."""
+        if isinstance(futures, Collected):
+            return futures
         results = self.gather(futures, CallKind.ROLLOUT, step)
         batch = EpisodeBatch.concat([b for b, _ in results])
-        self.counters.produced += len(batch)
-        limit = self.recipe.train.max_plugin_error_fraction  # raises PluginFailed over it (plugin_faults)
-        tally(batch.episodes, self.plugin_errors, limit, f"step {step}", step)
-        return batch, [st for _, st in results]
+        return Collected(step, batch, tuple(st for _, st in results), dict(self.versions))
 
     def gather(self, futures: list[Shard], kind: CallKind, step: int) -> list:
         """Each shard's result; a shard whose worker died is re-run (``kind`` again) on the restarted
@@ -126,7 +146,8 @@ class Driver:
 
     def drop_stale(self, batch: EpisodeBatch) -> EpisodeBatch:
         adapters = {r: (a or "") for r, a in self.adapters.items()}
-        stale = stale_episodes(batch.episodes, self.versions, adapters, self.recipe.train.max_staleness)
+        versions = self.lag_base or self.versions
+        stale = stale_episodes(batch.episodes, versions, adapters, self.recipe.train.max_staleness)
         kept = tuple(e for e, s in zip(batch.episodes, stale) if not s)
         self.counters.dropped_stale += len(batch) - len(kept)
         self.counters.trained += len(kept)
@@ -136,7 +157,7 @@ class Driver:
         """Role -> mean lag (current adapter version minus generating version) of ``batch``'s episodes,
         for the roles that serve an adapter; taken before the step's update (0 in sync mode)."""
         adapters = {r: a for r, a in self.adapters.items() if a}
-        return mean_staleness(batch.episodes, self.versions, adapters)
+        return mean_staleness(batch.episodes, self.lag_base or self.versions, adapters)
 
     def episodes_in(self, futures: list[Shard]) -> int:
         """Episodes the launched rollout calls ``futures`` will return (items x group size)."""
@@ -159,6 +180,7 @@ class Driver:
         if not report.all_proven:
             raise RuntimeError(f"sync of {role} v{version} not proven on every worker: {report.failures}")
         self.versions[self.adapter_of(role)] = version
+        self.lag_base = None  # a real update: lags count from the current versions again
         return report
 
     def adapter_of(self, role: str) -> str:
@@ -181,14 +203,15 @@ class Driver:
     def train(self, start: int, end: int, checkpoint: Callable[[int], None]) -> None:
         """RL steps ``start .. end-1``; ``checkpoint(step)`` is called when one is due."""
         train, trainable = self.recipe.train, self.recipe.trainable_roles
-        pending = self.launch(start) if start < end else None
+        if start < end and self.pending is None:  # (restore may hold the step's batch already)
+            self.pending = self.launch(start)
         for step in range(start, end):
             t0 = time.perf_counter()
-            batch, stats = self.collect(step, pending)
-            produced, in_flight = len(batch), 0
+            batch, stats = self.collect(step, self.pending)
+            produced, in_flight, self.pending = len(batch), 0, None
             if train.mode == "async" and step + 1 < end:
-                pending = self.launch(step + 1)  # generation of t+1 overlaps the update of t
-                in_flight = self.episodes_in(pending)
+                self.pending = self.launch(step + 1)  # generation of t+1 overlaps the update of t
+                in_flight = self.episodes_in(self.pending)
             batch = self.drop_stale(batch)
             self.log.loop(step, produced, produced - len(batch), self.staleness(batch), in_flight)
             t_sample = time.perf_counter() - t0
@@ -197,7 +220,7 @@ class Driver:
                 updates[role] = self.learners[role].train_step(batch)
                 syncs[role] = self.publish(role)
             if train.mode == "sync" and step + 1 < end:
-                pending = self.launch(step + 1)
+                self.pending = self.launch(step + 1)
             self.log.step(step, batch, stats, updates, syncs, dict(self.versions),
                           {"time/sample": t_sample, "time/step": time.perf_counter() - t0})
             if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0:
@@ -223,11 +246,17 @@ class Driver:
 
     def checkpoint(self, run_dir: Path, step: int) -> None:
         """Save every learner under ``checkpoints/step_NNNNNN/<role>``, the driver's state as its
-        ``driver.json`` (step, versions, counters), and point ``checkpoints/LATEST`` at it."""
+        ``driver.json`` (step, versions, counters), and point ``checkpoints/LATEST`` at it. Rollouts
+        launched for step ``step`` but not yet trained are gathered first (the step would wait for
+        them anyway), held as its batch and saved too (``in_flight``, :mod:`cluster.inflight`)."""
         directory = run_dir / "checkpoints" / f"step_{step:06d}"
+        if self.pending is not None:
+            self.pending = self.hold(step, self.pending)
         for role, group in self.learners.items():
             group.save_checkpoint(directory / role)
         state = {"step": step, "versions": self.versions, "counters": vars(self.counters)}
+        if self.pending is not None:  # absent: nothing in flight (and older checkpoints)
+            state["in_flight"] = inflight.save(directory, self.pending)
         (directory / "driver.json").write_text(json.dumps(state))
         (run_dir / "checkpoints" / "LATEST").write_text(directory.name)
         self.log.event(f"checkpoint {directory}")
@@ -247,5 +276,7 @@ class Driver:
             adapter = self.adapter_of(role)
             self.versions[adapter] = max(self.versions.get(adapter, 0), state["versions"].get(adapter, 0))
             self.publish(role)
-        self.log.event(f"resumed from {directory} at step {state['step']}")
+        self.pending = inflight.load(directory, state.get("in_flight"))
+        held = f", training first the {len(self.pending.batch)} episodes in flight at it" if self.pending else ""
+        self.log.event(f"resumed from {directory} at step {state['step']}{held}")
         return int(state["step"])
