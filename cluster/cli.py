@@ -63,11 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, FileNotFoundError) as err:
         print(f"duet: {err}", file=sys.stderr)
         return 2
+    from cluster.preflight import BadInput, preflight
+    from cluster.run import MODELS_DIR
+
     if args.command == "check":
+        try:  # task files and models, as duet train checks them before Ray starts
+            preflight(recipe, MODELS_DIR)
+        except BadInput as err:
+            print(f"duet: {err}", file=sys.stderr)
+            return 2
         print(json.dumps(recipe.model_dump(mode="json"), indent=2))
         return 0
     from cluster.models import ModelNotFound
     from cluster.placement import PlanDoesNotFit
+    from cluster.plugin_faults import PluginFailed
     from cluster.run import run_training, settle
     from cluster.storage import StorageError
 
@@ -76,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = settle(recipe)
         require_installed(recipe.output.loggers)  # a tracker's extra missing: one line, before Ray
-    except (StorageError, MissingExtra) as err:  # before Ray starts: a bad input, like a bad recipe field
+        preflight(recipe)  # task files (models: resolved by run_training, also before Ray)
+    except (StorageError, MissingExtra, BadInput) as err:  # before Ray starts: a bad input, like a bad recipe field
         print(f"duet: {err}", file=sys.stderr)
         return 2
     try:
@@ -86,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (PlanDoesNotFit, FileNotFoundError, StorageError) as err:
         print(f"duet: {err}", file=sys.stderr)
+        return 1
+    except PluginFailed as err:  # a reward/env raising on too many episodes; a checkpoint was written
+        print(f"duet: {err.line()}", file=sys.stderr)
         return 1
     return 0 if summary.completed else 1
 

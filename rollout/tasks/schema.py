@@ -116,6 +116,13 @@ def _open(path: Path) -> pq.ParquetFile:
         raise TaskDataError(f"cannot read task file {path}: {err}") from err
 
 
+def check_task_file(path: str | Path) -> None:
+    """Raise :class:`TaskDataError` unless ``path`` is a Parquet file with the required columns of
+    usable types; reads only the footer (the schema), never the rows (``duet check`` uses it)."""
+    path = Path(path)
+    _check_schema(path, _open(path).schema_arrow)
+
+
 def _row_fields(row: dict[str, Any]) -> dict[str, Any] | str:
     """Plain field dict of one Parquet row, or the reason it cannot be one.
 
