@@ -7,7 +7,8 @@ version 1 of every trained adapter published and proven on every worker (the unt
 to the base model) so that no rollout ever runs on an adapter the learner did not publish. A resumed
 run skips that first publish: :meth:`cluster.driver.Driver.restore` publishes the checkpoint's
 adapters instead, before any rollout. The driver reaches the actors through the Ray adapters of
-:mod:`cluster.ray_fleet`.
+:mod:`cluster.ray_fleet`; a learner group one of whose ranks died is started again on its
+placement group by :class:`RayLearners` (the driver's :class:`cluster.fleet.LearnerFactory`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,33 @@ def _plan(recipe: Recipe) -> Plan:
     return Plan(rollout + plan_resources(RoleSpec("rollout", 0, c.rollout_cpus), learners).groups)
 
 
+class RayLearners:
+    """The trained roles' learner groups of a run (``groups``: role -> group), each on its role's
+    placement group (:class:`cluster.fleet.LearnerFactory`): :meth:`relaunch` replaces a group whose
+    rank died, in ``groups`` itself (the sync client reads it at each export)."""
+
+    def __init__(self, recipe: Recipe, models: Mapping[str, Path], placement: Mapping[str, Any], log) -> None:
+        self.recipe, self.models, self.placement, self.log = recipe, models, placement, log
+        self.groups: dict[str, LearnerGroup] = {role: self.start(role) for role in recipe.trainable_roles}
+
+    def start(self, role: str) -> LearnerGroup:
+        """``role``'s learner ranks started on its placement group (DeepSpeed world joined, model loaded)."""
+        c, rt = self.recipe.cluster, self.recipe.roles[role]
+        group = LearnerGroup(role, rt.learner, self.models[role], c.learner_ranks, c.learner_cpus, c.learner_gpus,
+                             self.placement[f"learner/{role}"])
+        self.log.event(f"learner {role}: {c.learner_ranks} rank(s), ZeRO-{rt.learner.zero_stage}, "
+                       f"{rt.model}, up in {group.init_seconds:.1f}s")
+        return group
+
+    def relaunch(self, role: str) -> LearnerGroup:
+        """End every rank of ``role``'s group (the dead one's bundle is free again) and start a fresh group."""
+        old = self.groups.pop(role, None)  # absent when the last relaunch died starting
+        if old is not None:
+            old.shutdown()
+        self.groups[role] = self.start(role)
+        return self.groups[role]
+
+
 def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mapping[str, Path],
                   publish: bool = True) -> tuple[Driver, Callable]:
     """Start every actor of the run; returns the driver and a teardown function. ``models``: role ->
@@ -66,14 +94,8 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mappi
         remove_placement_groups(groups)
         raise
     log.event(f"run directory {recipe.run_dir()} is seen by every node of the run ({len(nodes)})")
-    learners = {}
-    for role in recipe.trainable_roles:
-        rt = recipe.roles[role]
-        model_dir = models[role]
-        learners[role] = LearnerGroup(role, rt.learner, model_dir, c.learner_ranks, c.learner_cpus,
-                                      c.learner_gpus, groups[f"learner/{role}"])
-        log.event(f"learner {role}: {c.learner_ranks} rank(s), ZeRO-{rt.learner.zero_stage}, "
-                  f"{rt.model}, up in {learners[role].init_seconds:.1f}s")
+    learning = RayLearners(recipe, models, groups, log)
+    learners = learning.groups
     factory = RolloutWorkerFactory(recipe.model_dump_json(), {r: str(p) for r, p in models.items()})
     tp, backend, _ = _rollout_layout(recipe)
     actor = rollout_worker_actor(**worker_actor_resources(tp, c.rollout_cpus, c.rollout_gpus, backend))
@@ -88,12 +110,12 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mappi
     fleet = RayFleet(workers)
     sync = RaySyncClient(service, learners, PROBE, {r: recipe.proof_tolerance(r) for r in recipe.trainable_roles})
     adapters = recipe.resolve().adapters()  # role -> adapter, in the rollout kind's role order
-    driver = Driver(recipe, fleet, learners, sync, log, train_items, adapters, pids=fleet.pids())
+    driver = Driver(recipe, fleet, learners, sync, log, train_items, adapters, pids=fleet.pids(), relauncher=learning)
     for role in recipe.trainable_roles if publish else ():
         driver.publish(role)
 
     def teardown() -> None:
-        for group in learners.values():
+        for group in learning.groups.values():  # the groups now (a restarted one replaced its role's)
             group.shutdown()
         fleet.kill()
         sync.kill()

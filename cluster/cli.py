@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(recipe.model_dump(mode="json"), indent=2))
         return 0
     from cluster.models import ModelNotFound
+    from cluster.fleet import LearnerRestartsSpent
     from cluster.placement import PlanDoesNotFit
     from cluster.plugin_faults import PluginFailed
     from cluster.run import run_training, settle
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except PluginFailed as err:  # a reward/env raising on too many episodes; a checkpoint was written
         print(f"duet: {err.line()}", file=sys.stderr)
+        return 1
+    except LearnerRestartsSpent as err:  # a learner died once more than train.max_learner_restarts allows
+        print(f"duet: {err}", file=sys.stderr)
         return 1
     return 0 if summary.completed else 1
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from cluster.config import Recipe
-from cluster.fleet import CallKind, Learner, Pending, RolloutFleet, SyncClient, WorkerDied
+from cluster.fleet import (CallKind, Learner, LearnerDied, LearnerFactory, LearnerRestartsSpent, Pending,
+                           RolloutFleet, SyncClient, WorkerDied)
 from cluster.metrics import mean_staleness
 from cluster.plugin_faults import tally
 from cluster.schedule import Counters, greedy_roles_at, roles_at, shard, stale_episodes, summarize
@@ -68,6 +69,10 @@ class Driver:
     lag_base: dict[str, int] | None = None
     """Adapter versions the current batch's lag is measured against when not ``versions``: a restored
     batch's checkpoint versions (restore republishes the same weights as new numbers); until a publish."""
+    relauncher: LearnerFactory | None = None
+    """Starts a learner group again after one of its ranks died (None: a learner's death ends the run)."""
+    at_step: int = 0
+    """The next RL step to run (every step before it completed: logged, and published)."""
     plugin_errors: dict[str, int] = field(default_factory=dict)
     """Plugin -> training episodes it raised on (scored 0, :mod:`cluster.plugin_faults`), this process."""
 
@@ -201,8 +206,22 @@ class Driver:
     # ---- the loop ----------------------------------------------------------------------------
 
     def train(self, start: int, end: int, checkpoint: Callable[[int], None]) -> None:
-        """RL steps ``start .. end-1``; ``checkpoint(step)`` is called when one is due."""
+        """RL steps ``start .. end-1``; ``checkpoint(step)`` is called when one is due. With learner
+        restarts (:meth:`restartable`) a run starting at step 0 checkpoints there first, and a
+        learner's death rewinds the run to its last checkpoint (:meth:`recover`) and goes on from it."""
+        if self.restartable() and start == 0 < end:
+            checkpoint(0)
+        step = start
+        while step < end:
+            try:
+                return self.steps(step, end, checkpoint)
+            except LearnerDied as died:
+                step = self.recover(died)
+
+    def steps(self, start: int, end: int, checkpoint: Callable[[int], None]) -> None:
+        """The loop proper: RL steps ``start .. end-1`` (``at_step`` follows it)."""
         train, trainable = self.recipe.train, self.recipe.trainable_roles
+        self.at_step = start
         if start < end and self.pending is None:  # (restore may hold the step's batch already)
             self.pending = self.launch(start)
         for step in range(start, end):
@@ -223,8 +242,68 @@ class Driver:
                 self.pending = self.launch(step + 1)
             self.log.step(step, batch, stats, updates, syncs, dict(self.versions),
                           {"time/sample": t_sample, "time/step": time.perf_counter() - t0})
+            self.at_step = step + 1
             if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0:
                 checkpoint(step + 1)
+
+    # ---- a learner's death -------------------------------------------------------------------
+
+    def restartable(self) -> bool:
+        """Whether a learner's death is survived: a relauncher and ``train.max_learner_restarts`` > 0."""
+        return self.relauncher is not None and self.recipe.train.max_learner_restarts > 0
+
+    def recover(self, died: LearnerDied) -> int:
+        """After ``died``: the rollouts in flight discarded, the dead group started again, every learner
+        and the counts rewound to the last checkpoint (:meth:`restart`), the run log's step rows from
+        there dropped (they are run again); returns the checkpoint's step, where the loop goes on.
+        A death during the recovery itself is one more restart."""
+        reached, produced = self.at_step, self.counters.produced
+        self.discard_in_flight()
+        while True:
+            try:
+                start = self.restart(died)
+                break
+            except LearnerDied as again:
+                died = again
+        c = self.counters
+        c.steps_replayed += reached - start
+        c.episodes_discarded += produced - c.produced
+        self.log.rewind(start, {"learner_restarts": c.learner_restarts, "steps_replayed": c.steps_replayed})
+        self.log.event(f"learner restart {c.learner_restarts}: back at step {start}, running the "
+                       f"{reached - start} step(s) since the checkpoint again")
+        return start
+
+    def restart(self, died: LearnerDied) -> int:
+        """Start ``died.role``'s group again (within ``train.max_learner_restarts``) and :meth:`restore`
+        the last checkpoint into every learner: adapter, optimizer, scheduler, RNG, reward normaliser,
+        the adapters republished as new versions (proven on every worker), the counts of the
+        checkpoint except the faults (:data:`Counters.FAULTS`); returns the checkpoint's step."""
+        budget, c = self.recipe.train.max_learner_restarts, self.counters
+        if not self.restartable() or c.learner_restarts >= budget:
+            raise LearnerRestartsSpent(f"{died}; learner restarts spent ({c.learner_restarts} of "
+                                       f"train.max_learner_restarts = {budget}); the last checkpoint is in "
+                                       f"{self.recipe.run_dir() / 'checkpoints'} (--resume continues)") from died
+        c.learner_restarts += 1
+        self.log.event(f"{died}; starting it again ({c.learner_restarts} of {budget}) from the last checkpoint")
+        self.learners = {**self.learners, died.role: self.relauncher.relaunch(died.role)}
+        faults = c.faults()
+        try:
+            return self.restore(self.recipe.run_dir())
+        finally:
+            c.restore(faults)
+
+    def discard_in_flight(self) -> None:
+        """Collect the rollouts launched before a learner's death and throw them away (generated for a
+        history that is discarded; counted as ``episodes_discarded``); a worker that died meanwhile
+        is waited for (its restart counted). A batch a checkpoint already gathered is thrown away too."""
+        if isinstance(self.pending, Collected):
+            self.counters.episodes_discarded += len(self.pending.batch)
+        for wid, _, future in () if isinstance(self.pending, Collected) else self.pending or ():
+            try:
+                self.counters.episodes_discarded += len(future.result()[0])
+            except WorkerDied:
+                self.revive(wid)
+        self.pending = None
 
     # ---- warm start, checkpoint, restore -----------------------------------------------------
 

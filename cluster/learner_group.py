@@ -93,7 +93,7 @@ def _put(fn: Callable[..., Any], rank: Any, *args: Any) -> list[ray.ObjectRef] |
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return text.splitlines()[0].rstrip(".") if text else type(e).__name__
 
 
 def _placement(pg: PlacementGroup | None, bundle: int) -> dict[str, Any]:

@@ -220,7 +220,7 @@ def test_every_file_of_the_run_is_in_its_one_directory(readme_run):
     assert json.loads((run_dir / "summary.json").read_text()) == summary_of(jobs[1][1])
     assert json.loads((run_dir / "recipe.json").read_text())["output"]["dir"] == str(run_dir)
     ckpts = run_dir / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["LATEST", "step_000002", "step_000004"]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["LATEST", "step_000000", "step_000002", "step_000004"]
     assert (ckpts / "LATEST").read_text().strip() == "step_000004"
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     steps = [r["step"] for r in metrics if r["scope"] == "rollout" and r["name"] == "episodes"]
