@@ -20,7 +20,8 @@ plus the learners; it imports no Ray (the Ray implementations are in :mod:`clust
 its fault handling is unit-tested on fakes (``tests/test_driver.py``). A worker that dies during a
 call fails it with :class:`cluster.fleet.WorkerDied`: the driver waits for its restart, catches it
 up and re-runs its shard; one that dies during a sync is waited for and the same version published
-again. Warm start, checkpoint and restore are driver steps too.
+again. Warm start, checkpoint and restore are driver steps too; a checkpoint keeps the rollouts in
+flight and restore trains them first (:mod:`cluster.inflight`).
 """
 
 from __future__ import annotations
@@ -159,8 +160,8 @@ class Driver:
         return EpisodeBatch(kept, batch.images)
 
     def staleness(self, batch: EpisodeBatch) -> dict[str, float]:
-        """Role -> mean lag (current adapter version minus generating version) of ``batch``'s episodes,
-        for the roles that serve an adapter; taken before the step's update (0 in sync mode)."""
+        """Role -> mean lag (current adapter version, or :attr:`lag_base`, minus generating version) of
+        ``batch``'s episodes, for the roles that serve an adapter; taken before the step's update."""
         adapters = {r: a for r, a in self.adapters.items() if a}
         return mean_staleness(batch.episodes, self.lag_base or self.versions, adapters)
 
