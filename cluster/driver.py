@@ -38,7 +38,7 @@ from cluster.fleet import (CallKind, Learner, LearnerDied, LearnerFactory, Learn
 from cluster.metrics import mean_staleness
 from cluster.plugin_faults import tally
 from cluster.schedule import Counters, greedy_roles_at, roles_at, shard, stale_episodes, summarize
-from cluster import inflight
+from cluster import checkpoints, inflight
 from cluster.inflight import Collected
 from rollout.episode_arrow import EpisodeBatch
 from rollout.guard import fault_rows
@@ -338,16 +338,13 @@ class Driver:
         if self.pending is not None:  # absent: nothing in flight (and older checkpoints)
             state["in_flight"] = inflight.save(directory, self.pending)
         (directory / "driver.json").write_text(json.dumps(state))
-        (run_dir / "checkpoints" / "LATEST").write_text(directory.name)
+        checkpoints.commit(run_dir, directory)  # its manifest (sha256 of every file), then LATEST
         self.log.event(f"checkpoint {directory}")
 
     def restore(self, run_dir: Path) -> int:
         """Load the latest checkpoint into the learners and the driver's state, republish the
         learners' adapters (each as its next version); returns the checkpoint's step."""
-        latest = run_dir / "checkpoints" / "LATEST"
-        if not latest.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        directory = run_dir / "checkpoints" / latest.read_text().strip()
+        directory = checkpoints.usable_checkpoint(run_dir, self.log.event)  # newest whole one
         state = json.loads((directory / "driver.json").read_text())
         for role, group in self.learners.items():
             group.load_checkpoint(directory / role)

@@ -27,6 +27,7 @@ from typing import Iterator
 
 import deepspeed
 import torch
+from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 import torch.distributed as dist
 from peft import get_peft_model_state_dict
 
@@ -76,6 +77,30 @@ def zero3_init(config: LearnerConfig, world_size: int) -> Iterator[None]:
     finally:
         unset_hf_deepspeed_config()
         del hf_config
+
+
+def checkpoint_globals() -> list[type]:
+    """The classes, besides tensors, containers and primitives, that DeepSpeed 0.19 pickles into the
+    ZeRO-2/3 checkpoint files of this project's learners (the loss scaler, the stage enum, ZeRO-2's
+    parameter slice addresses): found by loading ours with ``weights_only=True``. Each is rebuilt from
+    plain values only (an enum from its value, the others by attribute assignment)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class SafeCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, loading with torch's restricted unpickler
+    (``weights_only=True``) and the :func:`checkpoint_globals` allow-list instead of DeepSpeed's
+    ``weights_only=False``: a checkpoint directory from elsewhere cannot run code on load. Every file
+    ``load_checkpoint`` reads for our layout (model states, ZeRO optimizer partitions) goes through
+    ``checkpoint_engine.load``; a file naming another class fails to load, naming it."""
+
+    def load(self, path: str, map_location=None):
+        with torch.serialization.safe_globals(checkpoint_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
 
 
 class ZeroEngine:
@@ -181,7 +206,10 @@ class ZeroEngine:
                                     exclude_frozen_parameters=True)
 
     def load(self, directory: str | Path, tag: str) -> dict:
-        """Inverse of :meth:`save`; returns the client state."""
+        """Inverse of :meth:`save`; returns the client state. Every file is unpickled with
+        ``weights_only=True`` (:class:`SafeCheckpointEngine`): a checkpoint cannot run code."""
+        if type(self.engine.checkpoint_engine) is TorchCheckpointEngine:  # the one our ds_config selects
+            self.engine.checkpoint_engine = SafeCheckpointEngine(self.engine._config)
         _, client = self.engine.load_checkpoint(str(directory), tag=tag, load_module_strict=False)
         if client is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
