@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,7 +20,7 @@ from cluster.loggers import Trackers
 from cluster.report.transcripts import save_images
 from learner.metrics import UpdateMetrics, flatten
 from rollout.episode_arrow import EpisodeBatch
-from rollout.guard import fault_rows
+from rollout.guard import fault_counts, fault_rows
 
 METRICS_SCHEMA = pa.schema([("step", pa.int64()), ("scope", pa.string()), ("name", pa.string()),
                             ("value", pa.float64()), ("time_s", pa.float64())])
@@ -98,7 +97,7 @@ class RunLog:
         updates = {role: learner_values(m) for role, m in updates.items()}
         summary = summarize(batch.episodes)
         tokens = sum(s.tokens_per_s for s in stats)
-        faults = fault_rows(sum((Counter(s.plugin_errors) for s in stats), Counter()))  # every episode produced
+        faults = fault_rows(fault_counts(batch.episodes))  # plugins that raised on the trained episodes
         for name, value in {**summary, **component_means(batch.episodes), **timings, "tokens_per_s": tokens,
                             **faults}.items():
             self._row(step, "rollout", name, value)
