@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps(recipe.model_dump(mode="json"), indent=2))
         return 0
+    from cluster.divergence import TrainingDiverged
     from cluster.models import ModelNotFound
     from cluster.fleet import LearnerRestartsSpent
     from cluster.placement import PlanDoesNotFit
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except PluginFailed as err:  # a reward/env raising on too many episodes; a checkpoint was written
         print(f"duet: {err.line()}", file=sys.stderr)
+        return 1
+    except TrainingDiverged as err:  # one line naming the last good checkpoint
+        print(f"duet: {err}", file=sys.stderr)
         return 1
     except LearnerRestartsSpent as err:  # a learner died once more than train.max_learner_restarts allows
         print(f"duet: {err}", file=sys.stderr)

@@ -121,6 +121,10 @@ class TrainConfig(_Config):
     """Evaluate every N steps (0: only before and after training)."""
     checkpoint_every: int = Field(0, ge=0)
     """Checkpoint every N steps (0: only at the end)."""
+    max_skipped_steps: int = Field(3, ge=1)
+    """A role's update whose every optimizer step was skipped (loss or gradient norm not finite:
+    nothing changed, nothing is published) counts as a skipped step; this many in a row stop the
+    run with one line naming the last complete checkpoint (exit 1, :mod:`cluster.divergence`)."""
     max_learner_restarts: int = Field(2, ge=0)
     """Times the run starts a learner group again after one of its ranks died (its process killed,
     its node lost): the group is replaced, every learner and the run's counts rewind to the last
@@ -337,6 +341,19 @@ class Recipe(_Config):
             details = [InitErrorDetails(type=PydanticCustomError("plugin_argument", "{problem}", {"problem": msg}),
                                         loc=loc, input=None) for loc, msg in problems]
             raise ValidationError.from_exception_data("Recipe", details)
+        return self
+
+    @model_validator(mode="after")
+    def _norm_len_is_the_budget(self) -> Recipe:
+        """Each trained role's ``learner.algo.norm_len`` left None becomes the role's
+        ``sampling.max_tokens`` (Dr.GRPO's constant: the generation budget, issue 12); set in
+        place in the recipe's own ``roles`` mapping (the models are frozen)."""
+        for name, rc in self.rollout.roles().items():
+            rt = self.roles.get(name)
+            if rt is None or rt.learner is None or rt.learner.algo.norm_len is not None:
+                continue
+            algo = rt.learner.algo.model_copy(update={"norm_len": rc.sampling.max_tokens})
+            self.roles[name] = rt.model_copy(update={"learner": rt.learner.model_copy(update={"algo": algo})})
         return self
 
     def proof_tolerance(self, role: str) -> float:

@@ -29,10 +29,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from cluster.config import Recipe
+from cluster.divergence import DivergenceMonitor
 from cluster.fleet import (CallKind, Learner, LearnerDied, LearnerFactory, LearnerRestartsSpent, Pending,
                            RolloutFleet, SyncClient, WorkerDied)
 from cluster.metrics import mean_staleness
@@ -76,6 +78,11 @@ class Driver:
     """The next RL step to run (every step before it completed: logged, and published)."""
     plugin_errors: dict[str, int] = field(default_factory=dict)
     """Plugin -> training episodes it raised on (scored 0, :mod:`cluster.plugin_faults`), this process."""
+
+    @cached_property
+    def divergence(self) -> DivergenceMonitor:
+        """Watches every update: skipped steps, the divergence stop and warnings (:mod:`cluster.divergence`)."""
+        return DivergenceMonitor(self.recipe.train.max_skipped_steps, self.recipe.run_dir(), self.log, self.counters)
 
     # ---- phases ------------------------------------------------------------------------------
 
@@ -238,12 +245,14 @@ class Driver:
             updates, syncs = {}, {}
             for role in roles_at(train, trainable, step):
                 updates[role] = self.learners[role].train_step(batch)
-                syncs[role] = self.publish(role)
+                if self.divergence.update(role, step, updates[role]):  # all skipped: nothing new to publish
+                    syncs[role] = self.publish(role)
             if train.mode == "sync" and step + 1 < end:
                 self.pending = self.launch(step + 1)
             self.log.step(step, batch, stats, updates, syncs, dict(self.versions),
                           {"time/sample": t_sample, "time/step": time.perf_counter() - t0})
             self.at_step = step + 1
+            self.divergence.stop_if_diverged()  # train.max_skipped_steps skipped updates in a row
             if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0:
                 checkpoint(step + 1)
 

@@ -72,6 +72,10 @@ class Counters:
     the checkpoint it rewound to, plus the rollouts in flight at the death (collected and thrown
     away). A batch the checkpoint itself held (async mode) is counted produced again when the
     replay trains it."""
+    skipped_updates: int = 0
+    """Role updates whose every optimizer step was skipped as non-finite (:mod:`cluster.divergence`)."""
+    divergence_warnings: int = 0
+    """Divergence warnings (entropy at its maximum, KL runaway), one per episode of divergence."""
 
     FAULTS: ClassVar[tuple[str, ...]] = ("retried_shards", "worker_restarts", "learner_restarts",
                                          "steps_replayed", "episodes_discarded")

@@ -134,6 +134,11 @@ class AlgoConfig(_Config):
     loss_agg: str = "token-mean"
     """Loss aggregation: one of :data:`learner.algos.AGG_MODES` (token-mean, seq-mean-token-sum,
     seq-mean-token-mean, seq-mean-token-sum-norm); applied over each whole minibatch, across ranks."""
+    norm_len: int | None = Field(None, ge=1)
+    """The constant divisor of "seq-mean-token-sum-norm" (Dr.GRPO divides each sequence's token sum
+    by the generation budget, the same every step, not by the batch's longest output). None: in a
+    recipe, the role's ``sampling.max_tokens`` (filled in at load by ``cluster.config``); a learner
+    built without a recipe then divides by its batch's longest output."""
     lambda_cot: float | None = Field(None, ge=0.0, le=1.0)
     """RL4VLM action log-prob ``lambda * sum logp(CoT) + sum logp(action)`` per turn (gym_cards: 0.5);
     the PPO ratio then is per turn. None: ordinary per-token ratio."""
@@ -178,6 +183,18 @@ class AlgoConfig(_Config):
         if v not in AGG_MODES:
             raise ValueError(f"unknown loss aggregation {v!r}; known: {list(AGG_MODES)}")
         return v
+
+    @model_validator(mode="after")
+    def _baseline_has_scores(self) -> AlgoConfig:
+        # At turn level, per-turn rewards reach the estimator as dense rewards only (scores=None):
+        # REINFORCE++-baseline would subtract the group mean of nothing, i.e. run plain REINFORCE++.
+        if (self.advantage_estimator == "reinforce_pp_baseline" and self.reward_placement == "per_turn"
+                and self.advantage_level == "turn"):
+            raise ValueError("advantage_estimator: 'reinforce_pp_baseline' needs an outcome score to "
+                             "baseline, but reward_placement = 'per_turn' at advantage_level = 'turn' "
+                             "gives it none (it would silently run plain 'reinforce_pp'); use "
+                             "reward_placement = 'outcome', advantage_level = 'token', or 'reinforce_pp'")
+        return self
 
     @property
     def needs_values(self) -> bool:

@@ -148,9 +148,17 @@ class ZeroEngine:
 
     def step(self) -> float:
         """One optimizer + schedule step over the accumulated gradients; returns the global grad norm
-        (before clipping)."""
+        (before clipping). A non-finite norm makes DeepSpeed skip the step (see :meth:`step_applied`)."""
         self.engine.step()
         return self._grad_norm()
+
+    def step_applied(self) -> bool:
+        """Whether the last :meth:`step` (or :meth:`step_off_schedule`) changed the weights. ZeRO-2
+        and ZeRO-3 (fp32 and bf16, ``check_grad_overflow`` on, DeepSpeed's default) check the
+        all-reduced gradient norm before the update: when it is not finite they zero the gradients
+        and skip the optimizer and the LR scheduler (the skip is counted in
+        ``engine.skipped_steps``). The same answer on every rank (the norm is global)."""
+        return bool(self.engine.was_step_applied())
 
     def step_off_schedule(self, peak_scale: float = 1.0) -> float:
         """One optimizer step at ``peak_scale`` x each group's PEAK rate (``initial_lr``), leaving the

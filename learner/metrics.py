@@ -131,6 +131,10 @@ class OptimStats:
     """Largest gradient norm over the steps."""
     steps: float = metric("optim/steps")
     """Optimizer steps taken (epochs x non-empty minibatches)."""
+    skipped: float | None = metric("optim/skipped", optional=True)
+    """Of those, the steps skipped because the loss or the gradient norm was not finite on some
+    rank (DeepSpeed's overflow skip: weights, optimizer state and LR schedule left untouched);
+    None in records made before it was measured."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +167,14 @@ class UpdateMetrics:
     """RL updates done by this learner, this one included."""
     lr: float | None = metric("optim/lr", optional=True)
     """Learning rate after the update."""
+    entropy_max: float | None = metric("policy/entropy_max", optional=True)
+    """log(vocabulary size): the largest token entropy there is (a policy near it is uniform noise)."""
+
+    @property
+    def all_skipped(self) -> bool:
+        """True when the update took optimizer steps and skipped every one (nothing changed)."""
+        o = self.optim
+        return o is not None and o.skipped is not None and o.steps > 0 and o.skipped >= o.steps
 
 
 @dataclass(frozen=True)
@@ -181,3 +193,6 @@ class SFTMetrics:
     """Seconds of the step."""
     sft_step: float = metric("learner/sft_step")
     """SFT steps done by this learner, this one included."""
+    skipped: float | None = metric("sft/skipped", optional=True)
+    """1 when the step was skipped (loss or gradient norm not finite on some rank: weights and
+    optimizer state untouched), else 0."""

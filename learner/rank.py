@@ -43,7 +43,8 @@ class LearnerRank:
 
     State: ``config``, ``rank``, ``world_size``, ``tokenizer``, ``pad_id``, ``encoder`` (images,
     VLMs only), ``zero`` (the DeepSpeed engine), ``step`` (RL updates done), ``sft_steps``,
-    ``reward_stats`` (running reward normalisation), ``init_seconds``."""
+    ``skipped_steps`` (non-finite optimizer steps skipped), ``reward_stats`` (running reward
+    normalisation), ``init_seconds``."""
 
     def __init__(self, config: LearnerConfig, rank: int, world_size: int, master_addr: str, master_port: int,
                  model_dir: str | Path, device: RankDevice) -> None:
@@ -62,6 +63,7 @@ class LearnerRank:
         self.zero = ZeroEngine(model, config, world_size)
         self.step = 0
         self.sft_steps = 0
+        self.skipped_steps = 0  # optimizer steps skipped as non-finite (learner.update), RL and SFT
         self.reward_stats = RunningMeanStd()
         self.init_seconds = time.perf_counter() - t0
 

@@ -11,7 +11,7 @@ import torch
 
 from learner import checkpoint
 from learner.algos import RunningMeanStd
-from learner.export import ExportedAdapter, adapter_artifact as build_artifact, export_dir
+from learner.export import ExportedAdapter, adapter_artifact as build_artifact, check_finite, export_dir
 from rollout.adapter_artifact import AdapterArtifact
 
 if TYPE_CHECKING:
@@ -22,8 +22,11 @@ __all__ = ["adapter_artifact", "export_adapter", "value_head_state", "save_check
 
 def adapter_artifact(r: LearnerRank, version: int) -> AdapterArtifact | None:
     """The current adapter as artifact ``version`` on rank 0, None on the other ranks (they only
-    join the gather, so one copy of the bytes is ever made)."""
+    join the gather, so one copy of the bytes is ever made). Every rank checks the gathered weights
+    first, so a non-finite adapter is refused (:class:`learner.export.NonFiniteAdapter`) on all of
+    them alike, before anything leaves the rank and before any later collective."""
     state = r.zero.lora_state_dict()
+    check_finite(state, r.config.role, version)
     if r.rank != 0:
         return None
     peft_cfg = r.zero.module.peft_model.peft_config["default"]

@@ -12,10 +12,20 @@ collective. One ``train_step``:
    each micro loss scaled so all of them add up to the minibatch loss; one optimizer step per
    minibatch. The loss statistics are summed over micro batches and ranks by
    :func:`learner.metrics.reduce_loss_stats`.
+
+**Non-finite steps are skipped** (issue 14): a minibatch whose loss is not finite on some rank, or
+whose all-reduced gradient norm is not finite, changes nothing. DeepSpeed's own overflow check
+(:meth:`learner.deepspeed_engine.ZeroEngine.step_applied`) discards a step whose gradient norm is
+not finite; a non-finite micro loss is backpropagated with a NaN factor on the model's outputs
+(:func:`poison_if_nonfinite`), so its gradients are NaN on every trainable parameter and that same
+check skips the step on every rank even where the loss alone went wrong. Skipped steps are
+counted (``OptimStats.skipped``, ``LearnerRank.skipped_steps``); a step DeepSpeed applied although
+the loss or norm was not finite is an error, never a silent update.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
@@ -25,6 +35,7 @@ import pyarrow as pa
 import torch
 
 from learner.batch import RoleBatch, build_bootstrap_batch, build_role_batch
+from learner.config import AlgoConfig
 from learner.experience import Experience, compute_experience
 from learner.metrics import LossStats, OptimStats, UpdateMetrics, reduce_loss_stats
 from learner.ppo import micro_loss, minibatch_denominators
@@ -34,7 +45,13 @@ from rollout.types import Episode, Turn
 if TYPE_CHECKING:
     from learner.rank import LearnerRank
 
-__all__ = ["train_step", "logprobs", "probe_logprobs", "probe_batch", "as_episode_batch", "Probe"]
+__all__ = ["train_step", "logprobs", "probe_logprobs", "probe_batch", "as_episode_batch", "Probe",
+           "poison_if_nonfinite", "optimizer_step", "loss_norm_len", "NonFiniteStepApplied"]
+
+
+class NonFiniteStepApplied(RuntimeError):
+    """DeepSpeed updated the weights although the loss or the gradient norm was not finite (its
+    overflow check disabled, e.g. ``zero_optimization.compute_grad_norm = false``)."""
 
 
 class Probe(Protocol):
@@ -101,7 +118,12 @@ def _metrics(r: LearnerRank, rb: RoleBatch, diag, loss: LossStats, optim: OptimS
         samples=float(rb.num_rows), episodes=float(rb.episodes.num_episodes), tokens=tokens,
         output_tokens=float(rb.num_output_tokens),
         tokens_per_s=tokens * (r.config.algo.epochs + 1) / max(total, 1e-9),
-        learner_step=float(r.step), lr=r.zero.lr())
+        learner_step=float(r.step), lr=r.zero.lr(), entropy_max=math.log(_vocab_size(r)))
+
+
+def _vocab_size(r: LearnerRank) -> int:
+    """Columns of the LM head's logits (the vocabulary the entropy is taken over)."""
+    return int(r.zero.module.hf_model.get_output_embeddings().out_features)
 
 
 def _bootstrap_values(r: LearnerRank, eb: EpisodeBatch) -> torch.Tensor | None:
@@ -123,11 +145,17 @@ def _order(r: LearnerRank, n: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([r.config.seed, r.step, epoch]).permutation(n)
 
 
+def loss_norm_len(algo: AlgoConfig, rb: RoleBatch) -> int:
+    """The constant divisor of "seq-mean-token-sum-norm": ``algo.norm_len`` (a recipe sets it to the
+    role's ``sampling.max_tokens``: Dr.GRPO's generation budget), else the batch's longest output."""
+    return algo.norm_len if algo.norm_len is not None else int(rb.output_lens.max())
+
+
 def _update(r: LearnerRank, rb: RoleBatch, images, exp: Experience) -> tuple[LossStats, OptimStats]:
     algo = r.config.algo
-    norm_len = int(rb.output_lens.max())
+    norm_len = loss_norm_len(algo, rb)
     shares: list[LossStats] = []
-    norms, n_steps = [], 0
+    norms, n_steps, skipped = [], 0, 0
     r.zero.train(True)
     for epoch in range(algo.epochs):
         for mb in np.array_split(_order(r, rb.num_rows, epoch), algo.minibatches):
@@ -137,23 +165,56 @@ def _update(r: LearnerRank, rb: RoleBatch, images, exp: Experience) -> tuple[Los
             sel_mb = rb.select(mb_rows)
             den = minibatch_denominators(sel_mb, exp.select(torch.as_tensor(mb_rows), sel_mb.input_ids.shape[1]),
                                          algo, norm_len)
+            finite = True
             for rows in r.micro_slots(mb_rows):
-                share = _micro_backward(r, rb, images, exp, rows, den)
+                share, ok = _micro_backward(r, rb, images, exp, rows, den)
+                finite = finite and ok
                 if share is not None:
                     shares.append(share)
-            norms.append(r.zero.step())
-            n_steps += 1
+            norm, applied = optimizer_step(r, finite, r.zero.step)
+            norms.append(norm)
+            n_steps, skipped = n_steps + 1, skipped + (not applied)
+    r.skipped_steps += skipped
     loss = reduce_loss_stats(shares, n_steps, lambda xs: _all_reduce(r, xs))
     return loss, OptimStats(grad_norm=float(np.mean(norms)), grad_norm_max=float(np.max(norms)),
-                            steps=float(n_steps))
+                            steps=float(n_steps), skipped=float(skipped))
+
+
+def optimizer_step(r: LearnerRank, loss_finite: bool, step) -> tuple[float, bool]:
+    """``step()`` (one DeepSpeed optimizer step; returns the global grad norm) after the ranks agreed
+    whether every rank's loss was finite (``loss_finite``: this rank's answer, all-reduced here);
+    returns (grad norm, whether the weights changed). Raises :class:`NonFiniteStepApplied` when
+    DeepSpeed applied a step with a non-finite loss or norm; the same outcome on every rank."""
+    bad = _all_reduce(r, [0.0 if loss_finite else 1.0])[0] > 0
+    norm = step()
+    applied = r.zero.step_applied()
+    if applied and (bad or not math.isfinite(norm)):
+        raise NonFiniteStepApplied(f"learner {r.config.role}: DeepSpeed applied an optimizer step with a "
+                                   f"non-finite {'loss' if bad else f'gradient norm {norm}'}; its overflow "
+                                   f"check must stay on (zero_optimization.compute_grad_norm, "
+                                   f"bf16.check_grad_overflow)")
+    return norm, applied
+
+
+def poison_if_nonfinite(loss: torch.Tensor, *outputs: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """(``loss``, True) when it is finite; else (``loss`` + NaN x the sum of the model's
+    ``outputs``, False): backpropagating that makes the gradient of every parameter the outputs
+    depend on NaN (NaN x 0 is NaN), so DeepSpeed's overflow check skips the step even when the
+    loss went non-finite only through a constant factor."""
+    if bool(torch.isfinite(loss.detach()).all()):
+        return loss, True
+    total = sum(o.sum() for o in outputs if o is not None)
+    return loss + float("nan") * total, False
 
 
 def _all_reduce(r: LearnerRank, xs: list[float]) -> list[float]:
     return r.zero.all_reduce_sum(torch.tensor(xs, dtype=torch.float64)).tolist()
 
 
-def _micro_backward(r: LearnerRank, rb: RoleBatch, images, exp: Experience, rows: list[int], den) -> LossStats | None:
-    """Forward + backward of one micro batch (a dummy one when ``rows`` is empty: no statistics)."""
+def _micro_backward(r: LearnerRank, rb: RoleBatch, images, exp: Experience, rows: list[int],
+                    den) -> tuple[LossStats | None, bool]:
+    """Forward + backward of one micro batch (a dummy one when ``rows`` is empty: no statistics);
+    (its loss share, whether its loss was finite)."""
     algo = r.config.algo
     sel = rb.select(rows)
     lp, ent, v = r.zero.forward(**r.inputs(sel, images).forward_kwargs(), use_adapter=True,
@@ -166,8 +227,9 @@ def _micro_backward(r: LearnerRank, rb: RoleBatch, images, exp: Experience, rows
         loss_r, stats = micro_loss(lp[:n, :t], ent[:n, :t], v[:n, :t] if v is not None else None, sel, e, den,
                                    algo, r.world_size)
         loss = loss + loss_r
+    loss, finite = poison_if_nonfinite(loss, lp, ent, v)
     r.zero.backward(loss)
-    return stats
+    return stats, finite
 
 
 def logprobs(r: LearnerRank, batch: EpisodeBatch | tuple[pa.Table, pa.Table], use_adapter: bool = True) -> list[list[float]]:

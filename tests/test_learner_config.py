@@ -72,3 +72,23 @@ def test_param_groups_split_value_head():
     m.frozen = torch.nn.Linear(2, 2).requires_grad_(False)
     groups = param_groups(m, OptimConfig(lr=1e-5, value_lr=1e-4))
     assert [(g["name"], g["lr"], len(g["params"])) for g in groups] == [("adapter", 1e-5, 2), ("value_head", 1e-4, 2)]
+
+
+def test_reinforce_pp_baseline_with_per_turn_rewards_at_turn_level_is_refused():
+    """Issue 12: at turn level per-turn rewards reach the estimator as dense rewards only (no
+    outcome score), so REINFORCE++-baseline would silently be plain REINFORCE++."""
+    with pytest.raises(ValidationError, match="advantage_estimator: 'reinforce_pp_baseline' needs an outcome"):
+        AlgoConfig(advantage_estimator="reinforce_pp_baseline", reward_placement="per_turn")
+    # the sound combinations stay: an outcome score, or per-turn scores as token-level rows' scores
+    AlgoConfig(advantage_estimator="reinforce_pp_baseline", reward_placement="outcome")
+    AlgoConfig(advantage_estimator="reinforce_pp_baseline", reward_placement="per_turn", advantage_level="token")
+    AlgoConfig(advantage_estimator="reinforce_pp", reward_placement="per_turn")
+
+
+def test_duet_check_refuses_reinforce_pp_baseline_per_turn_naming_the_field(capsys):
+    from cluster.cli import main
+
+    code = main(["check", "numberline_ppo", "--set", "roles.policy.learner.algo.advantage_estimator='reinforce_pp_baseline'"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "roles.policy.learner.algo: Value error, advantage_estimator: 'reinforce_pp_baseline'" in err
