@@ -38,7 +38,7 @@ from cluster.divergence import DivergenceMonitor
 from cluster.fleet import (CallKind, Learner, LearnerDied, LearnerFactory, LearnerRestartsSpent, Pending,
                            RolloutFleet, SyncClient, WorkerDied)
 from cluster.metrics import mean_staleness
-from cluster.plugin_faults import tally
+from cluster.plugin_faults import PluginFailed, tally
 from cluster.schedule import Counters, greedy_roles_at, roles_at, shard, stale_episodes, summarize
 from cluster import checkpoints, inflight
 from cluster.inflight import Collected
@@ -115,10 +115,20 @@ class Driver:
         if held.step != step:
             raise RuntimeError(f"the rollouts held are step {held.step}'s, not step {step}'s")
         self.lag_base = dict(held.versions) if held is futures else None
+        self.contain_faults(step, held.batch)
         self.counters.produced += len(held.batch)
-        limit = self.recipe.train.max_plugin_error_fraction  # raises PluginFailed over it (plugin_faults)
-        tally(held.batch.episodes, self.plugin_errors, limit, f"step {step}", step)
         return held.batch, list(held.stats)
+
+    def contain_faults(self, step: int, batch: EpisodeBatch) -> None:
+        """Count the plugin faults of step ``step``'s ``batch``; over ``train.max_plugin_error_fraction``
+        it is dropped (neither produced nor held: a checkpoint taken now leaves it out, so ``--resume``
+        generates the step again) and :class:`cluster.plugin_faults.PluginFailed` raised."""
+        try:
+            limit = self.recipe.train.max_plugin_error_fraction
+            tally(batch.episodes, self.plugin_errors, limit, f"step {step}", step)
+        except PluginFailed:
+            self.pending = None
+            raise
 
     def hold(self, step: int, futures: list[Shard] | Collected) -> Collected:
         """Step ``step``'s launched rollouts, gathered (see :meth:`gather`) but not yet trained or

@@ -12,7 +12,9 @@ evaluation "base" (4 held-out tasks x 1: calls 1-4), "before_rl" (5-8), step 0 (
   ``train.max_plugin_error_fraction = 0.3`` and completes: 2 training faults in the counters, 1 in
   each of those evaluations, a ``plugin_errors/reward/flaky`` row of 1 at steps 0 and 1.
 - ``flaky:BrokenFromStep1`` raises on every call after the 16th: step 1's 8 episodes all fail
-  (8/8 > the default 0.1) -> a checkpoint at step 1 (step 0 trained), one line, exit 1.
+  (8/8 > the default 0.1) -> a checkpoint at step 1 (step 0 trained; the failed batch neither
+  counted produced nor kept in it), one line, exit 1. With the bug fixed, ``--resume`` from that
+  checkpoint generates step 1 again and completes: 16 episodes produced, all trained.
 """
 
 import json
@@ -53,17 +55,18 @@ def BrokenFromStep1():
 '''
 
 
-def duet_train(tmp: Path, models_dir: Path, reward: str, *sets: str) -> tuple[subprocess.CompletedProcess, Path]:
+def duet_train(tmp: Path, models_dir: Path, reward: str, *sets: str, plugin: str = FLAKY,
+               resume: bool = False) -> tuple[subprocess.CompletedProcess, Path]:
     (tmp / "plugins").mkdir(exist_ok=True)
-    (tmp / "plugins" / "flaky.py").write_text(FLAKY)
+    (tmp / "plugins" / "flaky.py").write_text(plugin)
     run_dir = tmp / "run"
     args = [x for kv in (f'rewards=[{{name="{reward}"}}]', f"output.dir={run_dir}", "output.report=false", *sets)
             for x in ("--set", kv)]
     # the driver (recipe check) and the Ray workers it starts import the plugin from PYTHONPATH
     env = {**os.environ, "DUET_MODELS": str(models_dir),
            "PYTHONPATH": os.pathsep.join([str(tmp / "plugins"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "smoke", *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "cluster.cli", "train", "smoke", *args, *(["--resume"] if resume else [])]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return result, run_dir
 
 
@@ -93,3 +96,12 @@ def test_a_reward_failing_a_whole_step_stops_after_a_checkpoint(tmp_path, models
     assert "Traceback" not in result.stderr
     assert (run_dir / "checkpoints" / "LATEST").read_text().strip() == "step_000001" and checkpoint.is_dir()
     assert not (run_dir / "summary.json").exists()  # the run did not complete
+    assert json.loads((checkpoint / "driver.json").read_text())["counters"]["produced"] == 8  # step 0 only
+    # the bug fixed (the same recipe: the factory now builds a reward that never raises), --resume goes on
+    fixed = FLAKY.replace("EverySeventh(after=16)", "EverySeventh(period=10**9)")
+    resumed, _ = duet_train(tmp_path, models_dir, "flaky:BrokenFromStep1", plugin=fixed, resume=True)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["completed"] is True
+    assert (summary["counters"]["produced"], summary["counters"]["trained"]) == (16, 16)
+    assert not any(k.startswith("plugin_errors") for k in summary["counters"])
