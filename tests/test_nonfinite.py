@@ -208,3 +208,23 @@ def test_a_nan_on_one_rank_skips_the_step_on_both_zero3(models_dir):
         assert bad.all_skipped and identical(weights(g, 2), before)
         assert g.train_step(batch(NEXT)).optim.skipped == 0 and not identical(weights(g, 3), before)
         g.shutdown()
+
+
+@pytest.mark.integration
+def test_an_sft_step_that_blows_up_is_skipped_after_it(models_dir):
+    """``sft.lr = 1e6``: the first step is finite but wrecks the adapter; the next one's gradient
+    norm is infinite, so it is skipped, counted, and leaves the weights as they were."""
+    from learner.config import LearnerConfig, SFTConfig
+    from learner.local_world import LocalLearnerGroup, LocalWorld
+    from learner.sft import SFTExample
+
+    examples = [SFTExample((("user", "say yes"), ("assistant", "yes"))),
+                SFTExample((("user", "colour of the sky?"), ("assistant", "blue")))]
+    with LocalWorld(1) as world:
+        g = LocalLearnerGroup(world, "sft", LearnerConfig(sft=SFTConfig(lr=1e6)), str(models_dir / "tiny-text-lm"))
+        assert g.sft_step(examples).skipped == 0.0
+        before = weights(g, 1)
+        second = g.sft_step(examples)
+        assert second.skipped == 1.0 and not math.isfinite(second.grad_norm)
+        assert identical(weights(g, 2), before)
+        g.shutdown()
