@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learner.metrics import UpdateMetrics
+from learner.metrics import SFTMetrics, UpdateMetrics
 
 __all__ = ["TrainingDiverged", "DivergenceMonitor", "last_complete_checkpoint", "ENTROPY_FRACTION", "KL_LIMIT",
            "KL_DOUBLINGS", "KL_FLOOR"]
@@ -86,6 +86,13 @@ class DivergenceMonitor:
         self.counters.skipped_updates += 1
         self.streak.setdefault(role, []).append(step)
         return False
+
+    def sft_step(self, role: str, step: int, m: Any) -> None:
+        """One event for a skipped SFT step (:attr:`learner.metrics.SFTMetrics.skipped`); other
+        records (a test's fakes) pass."""
+        if isinstance(m, SFTMetrics) and m.skipped:
+            self.log.event(f"SFT step {step + 1}: {role}: skipped (loss or gradient norm not finite; grad norm "
+                           f"{m.grad_norm:g}); weights and optimizer state unchanged")
 
     def stop_if_diverged(self) -> None:
         """Raise :class:`TrainingDiverged` when some role's last ``max_skipped`` updates were all skipped."""

@@ -342,6 +342,7 @@ class Driver:
             k = (step * sft.batch_size) % len(examples)
             m = self.learners[role].sft_step((examples + examples)[k: k + sft.batch_size])
             self.log.sft_step(role, step, sft.steps, m.loss)
+            self.divergence.sft_step(role, step, m)  # a skipped (non-finite) step: one event
 
     def checkpoint(self, run_dir: Path, step: int) -> None:
         """Save every learner under ``checkpoints/step_NNNNNN/<role>``, the driver's state as its

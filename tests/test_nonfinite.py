@@ -228,3 +228,16 @@ def test_an_sft_step_that_blows_up_is_skipped_after_it(models_dir):
         assert second.skipped == 1.0 and not math.isfinite(second.grad_norm)
         assert identical(weights(g, 2), before)
         g.shutdown()
+
+
+@pytest.mark.unit
+def test_a_skipped_sft_step_is_one_event(tmp_path):
+    from learner.metrics import SFTMetrics
+
+    m = monitor(tmp_path)
+    sft = SFTMetrics(loss=8.2, tokens=4.0, grad_norm=math.inf, lr=1e-4, step_seconds=0.1, sft_step=2.0, skipped=1.0)
+    m.sft_step("policy", 1, sft)
+    m.sft_step("policy", 2, replace(sft, skipped=0.0, grad_norm=1.0))
+    m.sft_step("policy", 3, SimpleNamespace(loss=0.25))
+    assert m.log.events == ["SFT step 2: policy: skipped (loss or gradient norm not finite; grad norm inf); "
+                            "weights and optimizer state unchanged"]
