@@ -88,7 +88,8 @@ def test_reinforce_pp_baseline_with_per_turn_rewards_at_turn_level_is_refused():
 def test_duet_check_refuses_reinforce_pp_baseline_per_turn_naming_the_field(capsys):
     from cluster.cli import main
 
-    code = main(["check", "numberline_ppo", "--set", "roles.policy.learner.algo.advantage_estimator='reinforce_pp_baseline'"])
+    override = "roles.policy.learner.algo.advantage_estimator='reinforce_pp_baseline'"
+    code = main(["check", "numberline_ppo", "--set", override])
     err = capsys.readouterr().err
     assert code == 2
     assert "roles.policy.learner.algo: Value error, advantage_estimator: 'reinforce_pp_baseline'" in err
