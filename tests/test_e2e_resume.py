@@ -104,8 +104,7 @@ def test_final_counters_add_up(runs):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["completed"] is True and summary["steps"] == 4
     # 4 steps x 4 tasks x 2 samples, the first 16 carried over from the checkpoint
-    assert summary["counters"] == {"produced": 32, "trained": 32, "dropped_stale": 0, "retried_shards": 0,
-                                   "worker_restarts": 0}
+    assert {k: v for k, v in summary["counters"].items() if v} == {"produced": 32, "trained": 32}  # no fault
     assert summary["versions"] == {"policy": 6}
     assert summary["served"] == {"rollout-0": {"policy": 6}}
     assert set(summary["eval"]) == {"before_rl", "after_rl"}
