@@ -6,7 +6,10 @@
     duet report RUN_DIR [--out DIR]                        draw RUN_DIR/report/index.html (plots, transcripts)
 
 RECIPE is a path or the name of a shipped recipe (``cluster/recipes/*.toml``). A bad recipe exits
-with status 2 and a message naming each bad field.
+with status 2 and a message naming each bad field; so does ``duet train`` given an ``output.dir``
+another live run holds (one line naming the directory and that run's pid; nothing of it touched).
+SIGTERM and SIGINT stop a run as an error would (actors and Ray stopped, trackers closed): one line,
+exit 143 and 130.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.fleet import LearnerRestartsSpent
     from cluster.placement import PlanDoesNotFit
     from cluster.plugin_faults import PluginFailed
-    from cluster.run import run_training, settle
+    from cluster.run import RunDirBusy, Terminated, run_training, settle
     from cluster.storage import StorageError
 
     from cluster.loggers import MissingExtra, require_installed
@@ -93,9 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = run_training(recipe, resume=args.resume)
-    except ModelNotFound as err:  # raised before Ray starts (roles.<r>.model and how to build it): exit 2
+    except (ModelNotFound, RunDirBusy) as err:  # before Ray starts (a model missing; output.dir in use): exit 2
         print(f"duet: {err}", file=sys.stderr)
         return 2
+    except (Terminated, KeyboardInterrupt) as err:  # the run unwound (cluster.run.unwind_on_sigterm)
+        name, code = ("SIGTERM", 143) if isinstance(err, Terminated) else ("SIGINT", 130)
+        print(f"duet: stopped by {name} (run directory {recipe.run_dir()})", file=sys.stderr)
+        return code
     except (PlanDoesNotFit, FileNotFoundError, StorageError) as err:
         print(f"duet: {err}", file=sys.stderr)
         return 1

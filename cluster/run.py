@@ -2,21 +2,29 @@
 data, evaluate, warm start, train, evaluate, summarise. ``duet train`` calls :func:`run_training`.
 
 Local mode (``cluster.address`` unset) starts a single-node Ray in this process and shuts it down
-at the end; under ``ray job submit`` (or with ``address = "auto"``) the job joins the running cluster
-and leaves it running. Every file of the run goes under one absolute ``output.dir``, which every
-node hosting the run's actors must see (:mod:`cluster.storage`, checked before any model loads).
+at the end; a watchdog process (:mod:`cluster.reaper`) stops every process of that Ray session once
+the driver is gone, however it went (SIGKILL included). Under ``ray job submit`` (or with
+``address = "auto"``) the job joins the running cluster and leaves it running. Every file of the run
+goes under one absolute ``output.dir``, which every node hosting the run's actors must see
+(:mod:`cluster.storage`, checked before any model loads); one run at a time holds it
+(:func:`run_dir_lock`: a second run given the same directory fails before writing anything).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import signal
+import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from cluster import reaper
 from cluster.config import Recipe
 from cluster.models import resolve_models
 
@@ -99,25 +107,89 @@ def settle(recipe: Recipe, environ: Mapping[str, str] | None = None) -> Recipe:
     return recipe.model_copy(update=update)
 
 
-def init_ray(recipe: Recipe) -> bool:
-    """Connect to Ray; returns True when this call started a local instance (to shut down later)."""
+class RunDirBusy(RuntimeError):
+    """Another live process holds the run directory (its ``.lock``); nothing of it was touched."""
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` (an exclusive ``flock``, with the holder's pid in the file) for the
+    block. Raises :class:`RunDirBusy`, naming the directory and the holder, when another process
+    holds it; the kernel drops the lock when its holder exits or dies, so a stale file never blocks."""
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirBusy(f"output.dir {run_dir} is in use by another run (pid {holder}); give this run "
+                             f"another output.dir or wait for that one to end") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@dataclass
+class LocalRay:
+    """The single-node Ray this process started, and its watchdog (:mod:`cluster.reaper`)."""
+
+    session_dir: str
+    """Ray's session directory (``/tmp/ray/session_...``): the services name it on their command line."""
+    watchdog: subprocess.Popen
+    """The reaper process: it stops the session's processes once this process is gone or done."""
+
+    def shutdown(self) -> None:
+        """``ray.shutdown()``, then the watchdog sweeps any process of the session left and exits."""
+        import ray
+
+        try:
+            ray.shutdown()
+        finally:
+            reaper.release(self.watchdog)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (:func:`unwind_on_sigterm`). A BaseException, so no ``except Exception`` keeps it."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def unwind_on_sigterm() -> None:
+    """From now on SIGTERM raises :class:`Terminated` in the main thread, so the run unwinds as on an
+    error (actors stopped, Ray shut down, trackers closed as failed). Called once Ray is up:
+    ``ray.init`` replaces the handler (Ray's core worker aborts the process on SIGTERM)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
+
+
+def init_ray(recipe: Recipe) -> LocalRay | None:
+    """Connect to Ray; returns the local instance this call started (to shut down later), else None.
+    Either way SIGTERM then unwinds the run (:func:`unwind_on_sigterm`)."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     if recipe.cluster.address:
         ray.init(address=recipe.cluster.address, log_to_driver=True)
-        return False
+        unwind_on_sigterm()
+        return None
     # address="local": always a new instance; with None, ray.init joins the cluster named in
     # /tmp/ray/ray_current_cluster (the last `ray start` or ray.cluster_utils.Cluster of anyone)
     dashboard = recipe.cluster.dashboard
     context = ray.init(address="local", num_cpus=recipe.cluster.num_cpus, include_dashboard=dashboard,
                        dashboard_host="127.0.0.1", log_to_driver=False, configure_logging=False)
+    session_dir = context.address_info["session_dir"]
+    local = LocalRay(session_dir, reaper.watch(os.getpid(), session_dir))
+    unwind_on_sigterm()
     if dashboard:
         info = context.address_info
         print(f"[duet] Ray dashboard: http://{context.dashboard_url}  Prometheus metrics: "
               f"http://{info['node_ip_address']}:{info['metrics_export_port']}/metrics", flush=True)
-    return True
+    return local
 
 
 @dataclass
@@ -136,11 +208,9 @@ def live_run(recipe: Recipe, log, models: Mapping[str, Path], publish: bool = Tr
     """The run lifecycle shared by ``duet train`` and the benchmark: start (or join) Ray, load the
     data, place and start every actor (:func:`cluster.assemble.build_runtime`; ``publish=False`` on
     resume), yield; then stop the actors and the Ray this call started, whatever happened."""
-    import ray
-
     from cluster.assemble import build_runtime
 
-    started = init_ray(recipe)
+    local = init_ray(recipe)
     try:
         train_items, eval_items = load_items(recipe, log)
         log.event(f"run {recipe.name}: {len(train_items)} training items, {len(eval_items)} held out; "
@@ -151,20 +221,28 @@ def live_run(recipe: Recipe, log, models: Mapping[str, Path], publish: bool = Tr
         finally:
             teardown()
     finally:
-        if started:
-            ray.shutdown()
+        if local is not None:
+            local.shutdown()
 
 
 def run_training(recipe: Recipe, resume: bool = False) -> RunSummary:
-    """Run ``recipe`` end to end; see the module docstring."""
-    from cluster.plugin_faults import checkpoint_on_failure
-    from cluster.progress import RunLog
-
+    """Run ``recipe`` end to end; see the module docstring. Raises :class:`RunDirBusy` (before Ray
+    starts, nothing written) when another run holds ``output.dir``."""
     t0 = time.time()
     recipe = settle(recipe)
     models = resolve_models(recipe, MODELS_DIR)  # before Ray and the run directory: a missing model costs nothing
     run_dir = recipe.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):  # before anything is written there
+        return locked_run(recipe, models, resume, t0)
+
+
+def locked_run(recipe: Recipe, models: Mapping[str, Path], resume: bool, t0: float) -> RunSummary:
+    """:func:`run_training` once the run directory is held: the recipe, the run, the summary."""
+    from cluster.plugin_faults import checkpoint_on_failure
+    from cluster.progress import RunLog
+
+    run_dir = recipe.run_dir()
     (run_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
     earlier = earlier_rows(run_dir) if resume else []
     log = RunLog(run_dir, recipe.output.transcripts_per_step, recipe.output.progress, recipe.output.report,
