@@ -20,7 +20,10 @@ not finite; a non-finite micro loss is backpropagated with a NaN factor on the m
 (:func:`poison_if_nonfinite`), so its gradients are NaN on every trainable parameter and that same
 check skips the step on every rank even where the loss alone went wrong. Skipped steps are
 counted (``OptimStats.skipped``, ``LearnerRank.skipped_steps``); a step DeepSpeed applied although
-the loss or norm was not finite is an error, never a silent update.
+the loss or norm was not finite is an error, never a silent update. An update whose every step was
+skipped keeps the running reward statistics as they were too; ``LearnerRank.step`` counts it all
+the same (the driver's steps and the shuffle stream stay aligned), while DeepSpeed's LR schedule
+advances on applied steps only.
 """
 
 from __future__ import annotations
@@ -102,9 +105,11 @@ def train_step(r: LearnerRank, batch: EpisodeBatch | tuple[pa.Table, pa.Table]) 
         with timer("bootstrap_forward"):
             next_values = _bootstrap_values(r, eb)
     with timer("advantages"):
-        exp, r.reward_stats, diag = compute_experience(rb, old, ref, values, algo, r.reward_stats, next_values)
+        exp, stats, diag = compute_experience(rb, old, ref, values, algo, r.reward_stats, next_values)
     with timer("update"):
         loss, optim = _update(r, rb, eb.images, exp)
+    if optim.skipped < optim.steps:  # a wholly skipped update leaves the reward normaliser too
+        r.reward_stats = stats
     r.step += 1
     r.forget_images()
     return _metrics(r, rb, diag, loss, optim, timer, time.perf_counter() - t_start)

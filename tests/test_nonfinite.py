@@ -8,7 +8,7 @@ checkpoint, warnings once per episode of divergence).
 Integration tier (real DeepSpeed, tiny LM): a batch with an infinite reward (its GRPO advantages
 NaN, so its loss is NaN) is skipped, counted, and leaves the weights bit-identical; the optimizer
 state and LR schedule are untouched too (the next update equals that of a learner that never saw
-the bad batch, bit for bit); with 2 ranks (ZeRO-3) a NaN on one rank's rows only skips the step
+the bad batch, bit for bit, running reward normalisation included); with 2 ranks (ZeRO-3) a NaN on one rank's rows only skips the step
 on both.
 """
 
@@ -161,7 +161,7 @@ def config(zero_stage: int = 2):
     from learner.config import AlgoConfig, LearnerConfig, OptimConfig
 
     return LearnerConfig(zero_stage=zero_stage, micro_batch_size=2,
-                         algo=AlgoConfig(advantage_estimator="grpo", shuffle=False),
+                         algo=AlgoConfig(advantage_estimator="grpo", shuffle=False, normalize_rewards=True),
                          optim=OptimConfig(lr=1e-2, schedule="cosine", warmup_steps=1, total_steps=5))
 
 
@@ -185,7 +185,8 @@ def test_a_nonfinite_step_is_skipped_and_changes_nothing(models_dir):
         assert identical(weights(a, 2), before)  # bit-identical weights
         after_a = a.train_step(batch(NEXT))
         assert after_a.optim.skipped == 0
-        # a learner that never saw the bad batch: same optimizer state and schedule, so the same update
+        # a learner that never saw the bad batch: same optimizer state, schedule and reward
+        # normaliser, so the same update
         b = LocalLearnerGroup(world, "b", config(), model)
         b.train_step(batch(GOOD))
         after_b = b.train_step(batch(NEXT))
