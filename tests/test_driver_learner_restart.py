@@ -141,7 +141,8 @@ def test_a_death_during_an_update_rewinds_to_the_checkpoint_and_replays(tmp_path
     died = log.events.index("learner policy died: a rank died during train_step; starting it again (1 of 2) "
                             "from the last checkpoint")
     assert log.events[died + 1: died + 3] == [
-        f"resumed from {tmp_path / 'checkpoints' / 'step_000002'} at step 2, training first the 8 episodes in flight at it",
+        f"resumed from {tmp_path / 'checkpoints' / 'step_000002'} at step 2, training first the 8 episodes "
+        "in flight at it",
         "learner restart 1: back at step 2, running the 1 step(s) since the checkpoint again"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "LATEST", "step_000000", "step_000002", "step_000004", "step_000006"]
