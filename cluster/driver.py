@@ -21,7 +21,10 @@ its fault handling is unit-tested on fakes (``tests/test_driver.py``). A worker 
 call fails it with :class:`cluster.fleet.WorkerDied`: the driver waits for its restart, catches it
 up and re-runs its shard; one that dies during a sync is waited for and the same version published
 again. Warm start, checkpoint and restore are driver steps too; a checkpoint keeps the rollouts in
-flight and restore trains them first (:mod:`cluster.inflight`).
+flight and restore trains them first (:mod:`cluster.inflight`). A learner rank that dies fails its
+call with :class:`cluster.fleet.LearnerDied`: the driver starts that group again, rewinds every
+learner and the counts to the last checkpoint, republishes its adapters as new versions and runs
+the steps since then again (:meth:`Driver.recover`, ``tests/test_driver_learner_restart.py``).
 """
 
 from __future__ import annotations
