@@ -134,6 +134,11 @@ class TrainConfig(_Config):
     start), so there is always one to go back to; 0: a learner's death ends the run."""
     sft: SFTStage = SFTStage()
     """Optional warm start."""
+    max_plugin_error_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    """A user plugin (a reward, an environment) that raises on an episode scores it 0 with the
+    reason and is counted (``plugin_errors/<kind>/<name>``); when more than this fraction of one
+    step's (or one evaluation's) episodes fail that way, the run writes a checkpoint and stops with
+    one line naming the plugin and its error (exit 1). 1.0 never stops."""
 
 
 class ClusterConfig(_Config):
@@ -145,11 +150,6 @@ class ClusterConfig(_Config):
     rollout_workers: int = Field(1, ge=1)
     """Rollout worker actors (each holds one engine per base model)."""
     rollout_cpus: float = Field(1.0, gt=0)
-    max_plugin_error_fraction: float = Field(0.1, ge=0.0, le=1.0)
-    """A user plugin (a reward, an environment) that raises on an episode scores it 0 with the
-    reason and is counted (``plugin_errors/<kind>/<name>``); when more than this fraction of one
-    step's (or one evaluation's) episodes fail that way, the run writes a checkpoint and stops with
-    one line naming the plugin and its error (exit 1). 1.0 never stops."""
     """CPUs per rollout worker."""
     rollout_gpus: float = Field(0.0, ge=0)
     """GPUs per rollout worker (CUDA clusters; not run on the CPU machines here)."""

@@ -69,6 +69,8 @@ class Driver:
     counters: Counters = field(default_factory=Counters)
     pids: dict[str, int] = field(default_factory=dict)
     """Process id of each rollout worker when last seen (a new one means its process was restarted)."""
+    plugin_errors: dict[str, int] = field(default_factory=dict)
+    """Plugin -> training episodes it raised on (scored 0, :mod:`cluster.plugin_faults`), this process."""
     pending: list[Shard] | Collected | None = None
     """The next step's rollouts: calls in flight, or their batch already gathered (by a checkpoint,
     or restored from one: :mod:`cluster.inflight`)."""
@@ -79,8 +81,6 @@ class Driver:
     """Starts a learner group again after one of its ranks died (None: a learner's death ends the run)."""
     at_step: int = 0
     """The next RL step to run (every step before it completed: logged, and published)."""
-    plugin_errors: dict[str, int] = field(default_factory=dict)
-    """Plugin -> training episodes it raised on (scored 0, :mod:`cluster.plugin_faults`), this process."""
 
     @cached_property
     def divergence(self) -> DivergenceMonitor:
