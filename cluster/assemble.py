@@ -79,7 +79,7 @@ class RayLearners:
 
 
 def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mapping[str, Path],
-                  publish: bool = True) -> tuple[Driver, Callable]:
+                  publish: bool = True, eval_items: Sequence[Any] = ()) -> tuple[Driver, Callable]:
     """Start every actor of the run; returns the driver and a teardown function. ``models``: role ->
     base model directory, resolved before Ray started (:func:`cluster.models.resolve_models`).
     ``publish=False`` (resume) leaves the workers without adapters until :meth:`Driver.restore`
@@ -110,7 +110,8 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mappi
     fleet = RayFleet(workers)
     sync = RaySyncClient(service, learners, PROBE, {r: recipe.proof_tolerance(r) for r in recipe.trainable_roles})
     adapters = recipe.resolve().adapters()  # role -> adapter, in the rollout kind's role order
-    driver = Driver(recipe, fleet, learners, sync, log, train_items, adapters, pids=fleet.pids(), relauncher=learning)
+    driver = Driver(recipe, fleet, learners, sync, log, train_items, adapters, pids=fleet.pids(), relauncher=learning,
+                    eval_items=eval_items)
     for role in recipe.trainable_roles if publish else ():
         driver.publish(role)
 

@@ -118,7 +118,8 @@ class TrainConfig(_Config):
     max_staleness: int = Field(1, ge=0)
     """Async mode: episodes whose adapter version lags the learner's by more are dropped (counted)."""
     eval_every: int = Field(0, ge=0)
-    """Evaluate every N steps (0: only before and after training)."""
+    """Evaluate on the held-out items every N RL steps as well (labelled ``step_NNNNNN``; the learning
+    benchmark draws its curves from them); 0: only before and after training."""
     checkpoint_every: int = Field(0, ge=0)
     """Checkpoint every N steps (0: only at the end)."""
     max_skipped_steps: int = Field(3, ge=1)

@@ -81,6 +81,8 @@ class Driver:
     """Starts a learner group again after one of its ranks died (None: a learner's death ends the run)."""
     at_step: int = 0
     """The next RL step to run (every step before it completed: logged, and published)."""
+    eval_items: Sequence[Any] = ()
+    """Held-out items of the evaluations every ``train.eval_every`` steps (labelled ``step_NNNNNN``)."""
 
     @cached_property
     def divergence(self) -> DivergenceMonitor:
@@ -268,6 +270,8 @@ class Driver:
             self.divergence.stop_if_diverged()  # train.max_skipped_steps skipped updates in a row
             if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0:
                 checkpoint(step + 1)
+            if train.eval_every and (step + 1) % train.eval_every == 0 and step + 1 < end:
+                self.evaluate(self.eval_items, f"step_{step + 1:06d}", step + 1)  # the last: after_rl
 
     # ---- a learner's death -------------------------------------------------------------------
 

@@ -215,7 +215,7 @@ def live_run(recipe: Recipe, log, models: Mapping[str, Path], publish: bool = Tr
         train_items, eval_items = load_items(recipe, log)
         log.event(f"run {recipe.name}: {len(train_items)} training items, {len(eval_items)} held out; "
                   f"run directory {recipe.run_dir()}")
-        driver, teardown = build_runtime(recipe, train_items, log, models, publish=publish)
+        driver, teardown = build_runtime(recipe, train_items, log, models, publish=publish, eval_items=eval_items)
         try:
             yield LiveRun(driver, train_items, eval_items)
         finally:

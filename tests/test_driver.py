@@ -322,3 +322,16 @@ def test_the_driver_and_its_interfaces_import_no_ray():
     code = "import sys, cluster.driver, cluster.fleet; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_eval_every_evaluates_between_steps(mode):
+    # 5 steps, eval_every = 2: held-out evaluations after steps 2 and 4 (labelled by the step count);
+    # the one after the last step is the run's after_rl (cluster.run), not repeated here
+    driver, fleet, _, learner, log = make(mode=mode, steps=5, **{"train.eval_every": 2})
+    driver.eval_items = ["e0", "e1", "e2"]
+    driver.train(0, 5, lambda step: None)
+    assert list(log.evals) == ["step_000002", "step_000004"]
+    assert all(r["episodes"] == 3 for r in log.evals.values())  # one greedy sample per held-out item
+    assert fleet.calls[(CallKind.EVALUATE, "rollout-0")] + fleet.calls[(CallKind.EVALUATE, "rollout-1")] == 4
+    assert len(learner.batches) == 5 and driver.counters.produced == driver.counters.trained == 40
