@@ -9,10 +9,11 @@ command lines Ray rewrites. When the driver is killed, Ray's own fate sharing en
 children but not the raylet's, which are reparented to init (issue 14).
 
 Which processes are the session's: the *roots* (a command line naming the session directory as a
-whole path component), every descendant of a root, and every process recorded as one while the
-driver lived (polled every second, by pid and start time, so a worker whose raylet died first is
-still found and a reused pid never is). Nothing else: another Ray on the machine has its own session
-directory and is no descendant of these roots.
+whole path component), every descendant of a root, every process recorded as one while the driver
+lived (polled every 2 s, by pid and start time, so a reused pid never matches), and every process
+whose environment names one of the session's raylets as its own (``RAY_RAYLET_PID``: a worker
+started after the last poll, whose raylet died with the driver). Nothing else: another Ray on the
+machine has its own session directory, raylets and process tree.
 
 Started by :func:`watch` as ``python -m cluster.reaper DRIVER_PID SESSION_DIR`` in a session of its
 own (a Ctrl-C or a process-group kill of the run does not reach it), with a pipe on stdin that only
@@ -35,11 +36,11 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["watch", "release", "session_processes", "sweep"]
+__all__ = ["watch", "release", "scan", "sweep"]
 
 GRACE_S = 5.0
 """Seconds between SIGTERM and SIGKILL."""
-POLL_S = 1.0
+POLL_S = 2.0
 """Seconds between two records of the session's processes while the driver lives."""
 
 
@@ -60,22 +61,33 @@ def release(watchdog: subprocess.Popen) -> None:
         watchdog.stdin.close()
 
 
-def names_session(cmdline: list[str], session_dir: str) -> bool:
-    """True when a command line names ``session_dir`` itself (not a longer sibling's name)."""
-    pattern = re.compile(re.escape(session_dir.rstrip("/")) + r"(?=$|[/\s'\",;:])")
-    return any(pattern.search(arg) for arg in cmdline)
+def session_pattern(session_dir: str) -> re.Pattern:
+    """Matches ``session_dir`` itself in a command-line argument (not a longer sibling's name)."""
+    return re.compile(re.escape(session_dir.rstrip("/")) + r"(?=$|[/\s'\",;:])")
 
 
-def session_processes(session_dir: str) -> dict[int, float]:
-    """pid -> start time of every live process of the session: its roots and their descendants."""
-    found: dict[int, float] = {}
-    for p in psutil.process_iter(["cmdline", "create_time"]):
-        if p.info["cmdline"] and names_session(p.info["cmdline"], session_dir):
+def scan(session_dir: str, driver_pid: int) -> tuple[dict[int, float], set[int]]:
+    """(pid -> start time of every live process of the session: its roots and their descendants,
+    the pids of its raylets). The driver is never a root, whatever its command line says."""
+    pattern, found, raylets = session_pattern(session_dir), {}, set()
+    for p in psutil.process_iter(["cmdline", "create_time", "name"]):
+        if p.pid != driver_pid and p.info["cmdline"] and any(pattern.search(arg) for arg in p.info["cmdline"]):
             found[p.pid] = p.info["create_time"]
+            raylets |= {p.pid} if p.info["name"] == "raylet" else set()
             for child in safe_children(p):
                 found[child.pid] = create_time(child)
     found.pop(os.getpid(), None)
-    return {pid: t for pid, t in found.items() if t is not None}
+    return {pid: t for pid, t in found.items() if t is not None}, raylets
+
+
+def served_by(raylets: set[int]) -> dict[int, float]:
+    """pid -> start time of every process whose ``RAY_RAYLET_PID`` is one of ``raylets``."""
+    found = {}
+    for p in psutil.process_iter(["environ", "create_time"]) if raylets else ():
+        served = (p.info["environ"] or {}).get("RAY_RAYLET_PID", "")
+        if served.isdigit() and int(served) in raylets and p.pid != os.getpid():
+            found[p.pid] = p.info["create_time"]
+    return found
 
 
 def safe_children(p: psutil.Process) -> list[psutil.Process]:
@@ -122,12 +134,15 @@ def stop(procs: list[psutil.Process], grace_s: float) -> tuple[int, int]:
     return len(procs) - len(left), len(left)
 
 
-def sweep(session_dir: str, recorded: dict[int, float], grace_s: float = GRACE_S) -> int:
-    """Stop every process of the session (recorded or found now), in rounds until none is left
+def sweep(session_dir: str, driver_pid: int, recorded: dict[int, float], raylets: set[int],
+          grace_s: float = GRACE_S) -> int:
+    """Stop every process of the session (recorded, or found now), in rounds until none is left
     (a raylet may start a worker while its siblings stop); returns how many were stopped."""
     total = 0
     for _ in range(5):
-        procs = alive({**recorded, **session_processes(session_dir)})
+        found, more = scan(session_dir, driver_pid)
+        raylets |= more
+        procs = alive({**recorded, **found, **served_by(raylets)})
         if not procs:
             break
         terminated, killed = stop(procs, grace_s)
@@ -154,12 +169,14 @@ def main(argv: list[str]) -> int:
     driver_pid, session_dir = int(argv[0]), argv[1]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    recorded: dict[int, float] = {}
+    recorded, raylets = {}, set()
     say(f"watching driver {driver_pid}, Ray session {session_dir}")
     while not driver_gone(driver_pid, POLL_S):
-        recorded.update(session_processes(session_dir))
-    say(f"driver {driver_pid} is done; {len(recorded)} session processes recorded")
-    sweep(session_dir, recorded)
+        found, more = scan(session_dir, driver_pid)
+        recorded.update(found)
+        raylets |= more
+    say(f"driver {driver_pid} is done; {len(recorded)} session processes recorded, raylets {sorted(raylets)}")
+    sweep(session_dir, driver_pid, recorded, raylets)
     return 0
 
 
