@@ -213,8 +213,7 @@ def test_the_toy_kind_trains_two_steps_through_the_driver():
     driver.publish("parrot")  # v1 before any rollout, as the run does
     driver.train(0, recipe.train.steps, lambda step: None)
     # 2 steps x 2 items (one per worker) x G = 2; step t was sampled by v(t+1), then v(t+2) published
-    assert vars(driver.counters) == {"produced": 8, "trained": 8, "dropped_stale": 0, "retried_shards": 0,
-                                     "worker_restarts": 0}
+    assert {k: v for k, v in vars(driver.counters).items() if v} == {"produced": 8, "trained": 8}  # no fault
     assert [[(e.episode_id, e.reward, e.turns[0].adapter_version) for e in b.episodes] for b in learner.batches] == [
         [("echo:0@0#0", 1.0, 1), ("echo:0@0#1", 0.0, 1), ("echo:1@0#0", 1.0, 1), ("echo:1@0#1", 0.0, 1)],
         [("echo:2@1#0", 1.0, 2), ("echo:2@1#1", 0.0, 2), ("echo:3@1#0", 1.0, 2), ("echo:3@1#1", 0.0, 2)]]
