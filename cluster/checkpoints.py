@@ -97,8 +97,17 @@ def steps_newest_first(checkpoints: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def at_or_before(steps: list[Path], named: str) -> list[Path]:
+    """``steps`` (newest first) from the one ``LATEST`` names on: a step above it was left by an
+    earlier run in the same directory (a fresh run does not delete old checkpoints), never this run's."""
+    m = STEP_DIR.match(named)
+    bound = int(m.group(1)) if m else None
+    return [d for d in steps if bound is None or int(STEP_DIR.match(d.name).group(1)) <= bound]
+
+
 def usable_checkpoint(run_dir: Path, log: Callable[[str], None]) -> Path:
-    """The newest checkpoint step of ``run_dir`` whose files are whole (see the module docstring);
+    """The newest checkpoint step of ``run_dir``, at or below the one ``LATEST`` names, whose files
+    are whole (see the module docstring);
     each step passed over, and an unverified legacy step, is named through ``log``. Raises
     FileNotFoundError when the run has no checkpoint, or none usable (naming what is wrong with each)."""
     checkpoints = run_dir / "checkpoints"
@@ -106,7 +115,10 @@ def usable_checkpoint(run_dir: Path, log: Callable[[str], None]) -> Path:
     if not latest.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints}")
     named, problems = latest.read_text().strip(), []
-    for directory in steps_newest_first(checkpoints):
+    steps = steps_newest_first(checkpoints)
+    for directory in steps[: len(steps) - len(at_or_before(steps, named))]:
+        log(f"checkpoint {directory} is newer than LATEST ({named}): an interrupted save or an earlier run's; not used")
+    for directory in at_or_before(steps, named):
         if not (directory / MANIFEST).exists() and directory.name == named:
             log(f"checkpoint {directory} has no {MANIFEST} (written by an older version): its files are not verified")
             return directory

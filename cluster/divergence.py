@@ -45,10 +45,14 @@ class TrainingDiverged(RuntimeError):
 
 
 def last_complete_checkpoint(run_dir: Path) -> Path | None:
-    """The newest ``checkpoints/step_*`` directory whose ``driver.json`` (written last) exists, or None."""
-    root = run_dir / "checkpoints"
-    done = [d for d in root.glob("step_*") if (d / "driver.json").is_file()] if root.is_dir() else []
-    return max(done, key=lambda d: d.name, default=None)
+    """The checkpoint ``--resume`` would take (:func:`cluster.checkpoints.usable_checkpoint`: the
+    newest whole one of this run), or None."""
+    from cluster.checkpoints import usable_checkpoint
+
+    try:
+        return usable_checkpoint(run_dir, lambda line: None)
+    except FileNotFoundError:
+        return None
 
 
 @dataclass

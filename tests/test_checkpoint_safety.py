@@ -81,6 +81,19 @@ def test_no_usable_checkpoint_names_each_problem(run):
 
 
 @pytest.mark.unit
+def test_a_step_above_latest_is_an_earlier_runs_and_never_taken(tmp_path):
+    # an earlier run in this directory reached step 8; this one (a fresh run) has sealed steps 0 and
+    # 2 (LATEST -> step_000002); step 2 is damaged: the fallback is this run's step 0, not step 8
+    write_step(tmp_path, 8, b"old run")
+    write_step(tmp_path, 0)
+    damaged = write_step(tmp_path, 2)
+    flip_byte(damaged / "policy" / "weights.bin")
+    logged = []
+    assert usable_checkpoint(tmp_path, logged.append) == tmp_path / "checkpoints" / "step_000000"
+    assert len(logged) == 2 and "step_000008 is newer than LATEST" in logged[0] and "step_000002 is not usable" in logged[1]
+
+
+@pytest.mark.unit
 def test_no_checkpoint_at_all(tmp_path):
     with pytest.raises(FileNotFoundError, match="--resume: no checkpoint in"):
         usable_checkpoint(tmp_path, lambda _: None)
@@ -99,7 +112,8 @@ def test_old_checkpoints_without_manifest(run):
     (interrupted / "policy").mkdir(parents=True)
     logged.clear()
     assert usable_checkpoint(run_dir, logged.append) == newest
-    assert logged[0] == f"checkpoint {interrupted} is not usable: no manifest (an interrupted save); trying the previous one"
+    assert logged[0] == (f"checkpoint {interrupted} is newer than LATEST (step_000004): an interrupted save or an "
+                         "earlier run's; not used")
 
 
 @pytest.mark.unit

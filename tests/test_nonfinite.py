@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cluster.checkpoints import commit
 from cluster.divergence import DivergenceMonitor, TrainingDiverged, last_complete_checkpoint
 from learner.export import NonFiniteAdapter, check_finite
 from learner.metrics import LossStats, OptimStats, UpdateMetrics
@@ -77,7 +78,8 @@ def test_skipped_updates_are_not_published_and_three_in_a_row_stop_naming_the_la
     assert m.update("policy", 0, update()) is True
     for d in ("step_000001", "step_000002"):
         (tmp_path / "checkpoints" / d).mkdir(parents=True)
-    (tmp_path / "checkpoints" / "step_000001" / "driver.json").write_text("{}")  # step_000002 incomplete
+    (tmp_path / "checkpoints" / "step_000001" / "driver.json").write_text("{}")
+    commit(tmp_path, tmp_path / "checkpoints" / "step_000001")  # sealed; step_000002 never was
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_000001"
     assert m.update("policy", 1, update(skipped=1.0)) is False
     assert m.update("policy", 2, update(skipped=1.0)) is False
