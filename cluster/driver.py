@@ -81,6 +81,9 @@ class Driver:
     """Starts a learner group again after one of its ranks died (None: a learner's death ends the run)."""
     at_step: int = 0
     """The next RL step to run (every step before it completed: logged, and published)."""
+    warm_started: bool = False
+    """The base model's evaluation and the warm start are done (kept in ``driver.json``: a run
+    resumed from any checkpoint written after them, step 0's included, does not repeat them)."""
     eval_items: Sequence[Any] = ()
     """Held-out items of the evaluations every ``train.eval_every`` steps (labelled ``step_NNNNNN``)."""
 
@@ -361,7 +364,8 @@ class Driver:
             self.pending = self.hold(step, self.pending)
         for role, group in self.learners.items():
             group.save_checkpoint(directory / role)
-        state = {"step": step, "versions": self.versions, "counters": vars(self.counters)}
+        state = {"step": step, "versions": self.versions, "counters": vars(self.counters),
+                 "warm_started": self.warm_started}
         if self.pending is not None:  # absent: nothing in flight (and older checkpoints)
             state["in_flight"] = inflight.save(directory, self.pending)
         (directory / "driver.json").write_text(json.dumps(state))
@@ -376,6 +380,7 @@ class Driver:
         for role, group in self.learners.items():
             group.load_checkpoint(directory / role)
         self.counters.restore(state["counters"])
+        self.warm_started = state.get("warm_started", True)  # older versions checkpointed after it only
         for role in self.learners:
             adapter = self.adapter_of(role)
             self.versions[adapter] = max(self.versions.get(adapter, 0), state["versions"].get(adapter, 0))

@@ -270,10 +270,11 @@ def train_run(live: LiveRun, recipe: Recipe, log, earlier: list[dict[str, Any]] 
     start = driver.restore(run_dir) if earlier is not None else 0
     log.rows[:0] = [r for r in earlier or () if r["step"] < start]  # events (-1) and steps before it
     log.trackers.completed(start)  # trackers: the resumed run's syncs and evaluations at step start
-    if start == 0:
+    if not driver.warm_started:  # a resumed run whose checkpoint came after them skips both
         driver.evaluate(eval_items, "base", 0)
         if recipe.train.sft.steps:
             driver.warm_start(sft_examples_for(recipe, live.train_items[: recipe.train.sft.num_examples]))
+        driver.warm_started = True
     before = driver.evaluate(eval_items, "before_rl", start)
     log.begin_steps(start, recipe.train.steps)
     driver.train(start, recipe.train.steps, lambda step: driver.checkpoint(run_dir, step))

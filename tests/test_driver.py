@@ -282,7 +282,8 @@ def test_checkpoint_then_restore_into_a_new_driver(tmp_path):
     driver, _, _, learner, log = make(steps=2, **{"train.checkpoint_every": 2})
     driver.train(0, 2, lambda step: driver.checkpoint(tmp_path, step))
     ckpt = tmp_path / "checkpoints" / "step_000002"
-    state = {"step": 2, "versions": {"policy": 3}, "counters": vars(Counters(produced=16, trained=16))}
+    state = {"step": 2, "versions": {"policy": 3}, "counters": vars(Counters(produced=16, trained=16)),
+             "warm_started": False}  # (this test never ran the warm start)
     assert (ckpt / "driver.json").read_text() == json.dumps(state)
     assert (tmp_path / "checkpoints" / "LATEST").read_text() == "step_000002"
     assert learner.saved == ["policy"] and log.events == [f"checkpoint {ckpt}"]
@@ -335,3 +336,25 @@ def test_eval_every_evaluates_between_steps(mode):
     assert all(r["episodes"] == 3 for r in log.evals.values())  # one greedy sample per held-out item
     assert fleet.calls[(CallKind.EVALUATE, "rollout-0")] + fleet.calls[(CallKind.EVALUATE, "rollout-1")] == 4
     assert len(learner.batches) == 5 and driver.counters.produced == driver.counters.trained == 40
+
+
+@pytest.mark.parametrize("saved, restored", [(True, True), (False, False), (None, True)])
+def test_the_warm_start_is_done_once_across_a_resume(tmp_path, saved, restored):
+    # a checkpoint written after the warm start (step 0's, which learner restarts add, included)
+    # resumes without repeating the base evaluation and SFT (cluster.run.train_run reads the flag);
+    # one written before it (a plugin failure during the base evaluation) repeats them; a checkpoint
+    # of an older version (no flag) was only ever written after them
+    driver, *_ = make(steps=1)
+    driver.warm_started = bool(saved)
+    driver.checkpoint(tmp_path, 0)
+    if saved is None:
+        path = tmp_path / "checkpoints" / "step_000000" / "driver.json"
+        state = json.loads(path.read_text())
+        del state["warm_started"]
+        path.write_text(json.dumps(state))
+        (path.parent / "MANIFEST.json").unlink()  # as an older version wrote it
+    fleet = FakeFleet(group=2)
+    resumed = Driver(driver.recipe, fleet, {"policy": FakeLearner()}, FakeSync(fleet), FakeLog(), driver.train_items,
+                     {"policy": "policy"})
+    assert resumed.warm_started is False and resumed.restore(tmp_path) == 0
+    assert resumed.warm_started is restored
