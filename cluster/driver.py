@@ -70,7 +70,8 @@ class Driver:
     pids: dict[str, int] = field(default_factory=dict)
     """Process id of each rollout worker when last seen (a new one means its process was restarted)."""
     plugin_errors: dict[str, int] = field(default_factory=dict)
-    """Plugin -> training episodes it raised on (scored 0, :mod:`cluster.plugin_faults`), this process."""
+    """Plugin -> training episodes it raised on (scored 0, :mod:`cluster.plugin_faults`), over the run
+    (kept in ``driver.json``; events, like the worker restarts: a learner restart does not rewind them)."""
     pending: list[Shard] | Collected | None = None
     """The next step's rollouts: calls in flight, or their batch already gathered (by a checkpoint,
     or restored from one: :mod:`cluster.inflight`)."""
@@ -365,7 +366,7 @@ class Driver:
         for role, group in self.learners.items():
             group.save_checkpoint(directory / role)
         state = {"step": step, "versions": self.versions, "counters": vars(self.counters),
-                 "warm_started": self.warm_started}
+                 "warm_started": self.warm_started, "plugin_errors": self.plugin_errors}
         if self.pending is not None:  # absent: nothing in flight (and older checkpoints)
             state["in_flight"] = inflight.save(directory, self.pending)
         (directory / "driver.json").write_text(json.dumps(state))
@@ -381,6 +382,8 @@ class Driver:
             group.load_checkpoint(directory / role)
         self.counters.restore(state["counters"])
         self.warm_started = state.get("warm_started", True)  # older versions checkpointed after it only
+        for plugin, n in state.get("plugin_errors", {}).items():  # events: kept, never rewound (a replay adds)
+            self.plugin_errors[plugin] = max(self.plugin_errors.get(plugin, 0), n)
         for role in self.learners:
             adapter = self.adapter_of(role)
             self.versions[adapter] = max(self.versions.get(adapter, 0), state["versions"].get(adapter, 0))

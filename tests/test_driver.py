@@ -283,7 +283,7 @@ def test_checkpoint_then_restore_into_a_new_driver(tmp_path):
     driver.train(0, 2, lambda step: driver.checkpoint(tmp_path, step))
     ckpt = tmp_path / "checkpoints" / "step_000002"
     state = {"step": 2, "versions": {"policy": 3}, "counters": vars(Counters(produced=16, trained=16)),
-             "warm_started": False}  # (this test never ran the warm start)
+             "warm_started": False, "plugin_errors": {}}  # (this test never ran the warm start)
     assert (ckpt / "driver.json").read_text() == json.dumps(state)
     assert (tmp_path / "checkpoints" / "LATEST").read_text() == "step_000002"
     assert learner.saved == ["policy"] and log.events == [f"checkpoint {ckpt}"]

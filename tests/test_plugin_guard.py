@@ -158,7 +158,7 @@ def marked(n_bad: int, n: int, plugin: str = "flaky") -> list[Episode]:
 
 def test_tally_counts_then_stops_only_above_the_fraction():
     totals: dict[str, int] = {"reward/flaky": 3}
-    # 1 of 10 failed: 0.1 is not above the default 0.1 -> counted, no stop
+    # 1 of 10 failed: 0.1 is not above a limit of 0.1 -> counted, no stop
     assert tally(marked(1, 10), totals, 0.1, "step 4", 4) == {"reward/flaky": 1}
     assert totals == {"reward/flaky": 4} and count_names(totals) == {"plugin_errors/reward/flaky": 4}
     # 2 of 10: 0.2 > 0.1 -> counted first (the checkpoint holds them), then PluginFailed
