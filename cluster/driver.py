@@ -299,6 +299,8 @@ class Driver:
         c = self.counters
         c.steps_replayed += reached - start
         c.episodes_discarded += produced - c.produced
+        if isinstance(self.pending, Collected):  # the checkpoint's held batch: trained again, not discarded
+            c.episodes_discarded -= len(self.pending.batch)
         self.log.rewind(start, {"learner_restarts": c.learner_restarts, "steps_replayed": c.steps_replayed})
         self.log.event(f"learner restart {c.learner_restarts}: back at step {start}, running the "
                        f"{reached - start} step(s) since the checkpoint again")

@@ -126,9 +126,10 @@ def test_a_death_during_an_update_rewinds_to_the_checkpoint_and_replays(tmp_path
     driver, _, sync, first, relauncher, log = make(tmp_path, ("train_step", 3))
     train(driver, tmp_path)
     c = vars(driver.counters)
-    # steps 0..3 were produced (32), the checkpoint at step 2 had 16: steps 2 and 3 (16) discarded
+    # steps 0..3 were produced (32), the checkpoint at step 2 had 16: steps 2 and 3 (16) counted
+    # produced since; step 2's batch, held by that checkpoint, is trained again: step 3's 8 discarded
     assert (c["produced"], c["trained"], c["dropped_stale"]) == (6 * EPISODES, 6 * EPISODES, 0)
-    assert (c["learner_restarts"], c["steps_replayed"], c["episodes_discarded"]) == (1, 1, 16)
+    assert (c["learner_restarts"], c["steps_replayed"], c["episodes_discarded"]) == (1, 1, 8)
     [second] = relauncher.started
     assert first.updates == 3 and second.updates == 2 + 4  # restored at 2 updates, then steps 2..5
     assert [step_of(i) for i in ids(second)] == [2] * 8 + [3] * 8 + [4] * 8 + [5] * 8
@@ -165,9 +166,9 @@ def test_a_death_during_an_async_export_discards_what_is_in_flight(tmp_path):
     train(driver, tmp_path)
     c = vars(driver.counters)
     assert (c["produced"], c["trained"] + c["dropped_stale"]) == (48, 48)
-    # steps_replayed 0: step 2 had not completed; discarded: step 2's 8 (counted produced after the
-    # checkpoint) + step 3's 8 in flight
-    assert (c["learner_restarts"], c["steps_replayed"], c["episodes_discarded"]) == (1, 0, 16)
+    # steps_replayed 0: step 2 had not completed; discarded: step 3's 8 in flight (step 2's 8, counted
+    # produced after the checkpoint that holds them, are trained again from it)
+    assert (c["learner_restarts"], c["steps_replayed"], c["episodes_discarded"]) == (1, 0, 8)
     assert first.updates == 3 and relauncher.started[0].updates == 2 + 4
     # v1..v3 proven; v4's export died (never published): v4 is the republished checkpoint adapter
     # (versions go on from the last proven one), v5..v8 steps 2..5
@@ -180,9 +181,10 @@ def test_a_death_during_a_checkpoint_replays_from_the_one_before(tmp_path):
     train(driver, tmp_path)
     c = vars(driver.counters)
     # produced before the death: steps 0..3 (32) and step 4's batch held by the failed checkpoint
-    # (8, never counted); the checkpoint at 2 had 16 -> 16 + 8 discarded
+    # (8, never counted); the checkpoint at 2 had 16 -> 16 + 8, less step 2's batch that checkpoint
+    # holds (trained again): 16 discarded
     assert (c["produced"], c["trained"], c["learner_restarts"], c["steps_replayed"]) == (48, 48, 1, 2)
-    assert c["episodes_discarded"] == 24
+    assert c["episodes_discarded"] == 16
     assert relauncher.started[0].updates == 2 + 4
     assert (driver.recipe.run_dir() / "checkpoints" / "LATEST").read_text() == "step_000006"
 
@@ -193,7 +195,7 @@ def test_a_death_while_restarting_is_one_more_restart(tmp_path):
     train(driver, tmp_path)
     c = vars(driver.counters)
     assert (c["produced"], c["trained"], c["learner_restarts"], c["steps_replayed"]) == (48, 48, 2, 1)
-    assert c["episodes_discarded"] == 16 and len(relauncher.started) == 2
+    assert c["episodes_discarded"] == 8 and len(relauncher.started) == 2  # step 3's (step 2's trained again)
     assert relauncher.started[1].updates == 6
 
 
@@ -222,5 +224,5 @@ def test_a_worker_dead_in_flight_at_the_learner_death_is_waited_for_and_counted(
     c = vars(driver.counters)
     assert (c["produced"], c["trained"] + c["dropped_stale"], c["learner_restarts"]) == (48, 48, 1)
     assert c["worker_restarts"] == 1 and c["retried_shards"] == 0
-    assert c["episodes_discarded"] == 8 + 4  # step 2's batch, and rollout-0's half of step 3
+    assert c["episodes_discarded"] == 4  # rollout-0's half of step 3 (step 2's batch is trained again)
     assert sync.served_versions() == {"rollout-0": {"policy": 8}, "rollout-1": {"policy": 8}}
