@@ -73,6 +73,13 @@ class DivergenceMonitor:
     kl_ref: dict[str, list[float]] = field(default_factory=dict)
     """Role -> its last KL-to-reference values (the doubling rule)."""
 
+    def rewind(self) -> None:
+        """Forget the runs of skipped updates and the warning state (a learner restart went back to a
+        checkpoint: the steps since are run again); the counters keep what happened."""
+        self.streak.clear()
+        self.active.clear()
+        self.kl_ref.clear()
+
     def update(self, role: str, step: int, m: Any) -> bool:
         """Record ``role``'s update of ``step``; True when it changed the adapter (publish it). A
         record that is not an :class:`UpdateMetrics` (a test's hand-made figures) counts as applied."""

@@ -298,6 +298,7 @@ class Driver:
                 died = again
         c = self.counters
         c.steps_replayed += reached - start
+        self.divergence.rewind()  # skips before the restart do not add to the replay's
         c.episodes_discarded += produced - c.produced
         if isinstance(self.pending, Collected):  # the checkpoint's held batch: trained again, not discarded
             c.episodes_discarded -= len(self.pending.batch)

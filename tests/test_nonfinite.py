@@ -244,3 +244,16 @@ def test_a_skipped_sft_step_is_one_event(tmp_path):
     m.sft_step("policy", 3, SimpleNamespace(loss=0.25))
     assert m.log.events == ["SFT step 2: policy: skipped (loss or gradient norm not finite; grad norm inf); "
                             "weights and optimizer state unchanged"]
+
+
+@pytest.mark.unit
+def test_a_rewind_forgets_the_run_of_skips(tmp_path):
+    # two skips, a learner restart (rewind), two more: never three in a row, no stop; both counted
+    m = monitor(tmp_path)
+    for step in (1, 2):
+        m.update("policy", step, update(skipped=1.0))
+    m.rewind()
+    for step in (1, 2):
+        m.update("policy", step, update(skipped=1.0))
+    m.stop_if_diverged()
+    assert m.counters.skipped_updates == 4
