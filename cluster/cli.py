@@ -77,15 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps(recipe.model_dump(mode="json"), indent=2))
         return 0
-    from cluster.divergence import TrainingDiverged
-    from cluster.models import ModelNotFound
-    from cluster.fleet import LearnerRestartsSpent
-    from cluster.placement import PlanDoesNotFit
-    from cluster.plugin_faults import PluginFailed
-    from cluster.run import RunDirBusy, Terminated, run_training, settle
-    from cluster.storage import StorageError
-
     from cluster.loggers import MissingExtra, require_installed
+    from cluster.run import settle
+    from cluster.storage import StorageError
 
     try:
         recipe = settle(recipe)
@@ -94,29 +88,54 @@ def main(argv: list[str] | None = None) -> int:
     except (StorageError, MissingExtra, BadInput) as err:  # before Ray starts: a bad input, like a bad recipe field
         print(f"duet: {err}", file=sys.stderr)
         return 2
+    return train(recipe, args.resume)
+
+
+def stops() -> tuple[tuple[type[BaseException], int], ...]:
+    """(error, exit status) of the ways a run stops with one line instead of a traceback: exit 2 for
+    what is refused before Ray starts (a model missing, ``output.dir`` in use by another run), 1 for
+    a run that could not go on (a placement that does not fit, a missing checkpoint, a diverged
+    run, learner restarts spent, a non-finite adapter or step refused by the learner)."""
+    from cluster.divergence import TrainingDiverged
+    from cluster.fleet import LearnerRestartsSpent
+    from cluster.models import ModelNotFound
+    from cluster.placement import PlanDoesNotFit
+    from cluster.run import RunDirBusy
+    from cluster.storage import StorageError
+    from learner.export import NonFiniteAdapter
+    from learner.update import NonFiniteStepApplied
+
+    return ((ModelNotFound, 2), (RunDirBusy, 2), (PlanDoesNotFit, 1), (FileNotFoundError, 1), (StorageError, 1),
+            (TrainingDiverged, 1), (LearnerRestartsSpent, 1), (NonFiniteAdapter, 1), (NonFiniteStepApplied, 1))
+
+
+def one_line(err: BaseException) -> str:
+    """The error's own message: a learner's error that came through Ray carries the remote
+    traceback in its text, and the original exception (whose message is the one line) as ``cause``."""
+    cause = getattr(err, "cause", None)
+    return str(cause if isinstance(cause, BaseException) else err)
+
+
+def train(recipe, resume: bool) -> int:
+    """``duet train`` on a settled recipe: the run's exit status (see :func:`stops`)."""
+    from cluster.plugin_faults import PluginFailed
+    from cluster.run import Terminated, run_training
+
+    table = stops()
     try:
-        summary = run_training(recipe, resume=args.resume)
-    except (ModelNotFound, RunDirBusy) as err:  # before Ray starts (a model missing; output.dir in use): exit 2
-        print(f"duet: {err}", file=sys.stderr)
-        return 2
+        summary = run_training(recipe, resume=resume)
     except (Terminated, KeyboardInterrupt) as err:  # the run unwound (cluster.run.unwind_on_sigterm)
         name, code = ("SIGTERM", 143) if isinstance(err, Terminated) else ("SIGINT", 130)
         print(f"duet: stopped by {name} (run directory {recipe.run_dir()})", file=sys.stderr)
         return code
-    except (PlanDoesNotFit, FileNotFoundError, StorageError) as err:
-        print(f"duet: {err}", file=sys.stderr)
-        return 1
     except PluginFailed as err:  # a reward/env raising on too many episodes; a checkpoint was written
         print(f"duet: {err.line()}", file=sys.stderr)
         return 1
-    except TrainingDiverged as err:  # one line naming the last good checkpoint
-        print(f"duet: {err}", file=sys.stderr)
-        return 1
-    except LearnerRestartsSpent as err:  # a learner died once more than train.max_learner_restarts allows
-        print(f"duet: {err}", file=sys.stderr)
-        return 1
+    except tuple(kind for kind, _ in table) as err:
+        code = next(c for kind, c in table if isinstance(err, kind))
+        print(f"duet: {one_line(err)}", file=sys.stderr)
+        return code
     return 0 if summary.completed else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
