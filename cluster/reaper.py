@@ -12,7 +12,8 @@ Which processes are the session's: the *roots* (a command line naming the sessio
 whole path component), every descendant of a root, every process recorded as one while the driver
 lived (polled every 2 s, by pid and start time, so a reused pid never matches), and every process
 whose environment names one of the session's raylets as its own (``RAY_RAYLET_PID``: a worker
-started after the last poll, whose raylet died with the driver). Nothing else: another Ray on the
+started after the last poll, whose raylet died with the driver; one started after a newer process
+took that raylet's pid is not). Nothing else: another Ray on the
 machine has its own session directory, raylets and process tree.
 
 Started by :func:`watch` as ``python -m cluster.reaper DRIVER_PID SESSION_DIR`` in a session of its
@@ -66,28 +67,40 @@ def session_pattern(session_dir: str) -> re.Pattern:
     return re.compile(re.escape(session_dir.rstrip("/")) + r"(?=$|[/\s'\",;:])")
 
 
-def scan(session_dir: str, driver_pid: int) -> tuple[dict[int, float], set[int]]:
+def scan(session_dir: str, driver_pid: int) -> tuple[dict[int, float], dict[int, float]]:
     """(pid -> start time of every live process of the session: its roots and their descendants,
-    the pids of its raylets). The driver is never a root, whatever its command line says."""
-    pattern, found, raylets = session_pattern(session_dir), {}, set()
+    pid -> start time of its raylets). The driver is never a root, whatever its command line says."""
+    pattern, found, raylets = session_pattern(session_dir), {}, {}
     for p in psutil.process_iter(["cmdline", "create_time", "name"]):
         if p.pid != driver_pid and p.info["cmdline"] and any(pattern.search(arg) for arg in p.info["cmdline"]):
             found[p.pid] = p.info["create_time"]
-            raylets |= {p.pid} if p.info["name"] == "raylet" else set()
+            raylets |= {p.pid: p.info["create_time"]} if p.info["name"] == "raylet" else {}
             for child in safe_children(p):
                 found[child.pid] = create_time(child)
     found.pop(os.getpid(), None)
     return {pid: t for pid, t in found.items() if t is not None}, raylets
 
 
-def served_by(raylets: set[int]) -> dict[int, float]:
-    """pid -> start time of every process whose ``RAY_RAYLET_PID`` is one of ``raylets``."""
+def served_by(raylets: dict[int, float]) -> dict[int, float]:
+    """pid -> start time of every process whose ``RAY_RAYLET_PID`` is one of ``raylets`` (pid ->
+    start time) and that started before any newer process took that raylet's pid (a reused pid:
+    another session's raylet, whose workers are not this session's)."""
+    reused = {pid: t for pid in raylets if (t := create_time_of(pid)) is not None and t != raylets[pid]}
     found = {}
     for p in psutil.process_iter(["environ", "create_time"]) if raylets else ():
         served = (p.info["environ"] or {}).get("RAY_RAYLET_PID", "")
-        if served.isdigit() and int(served) in raylets and p.pid != os.getpid():
+        if not served.isdigit() or int(served) not in raylets or p.pid == os.getpid():
+            continue
+        if p.info["create_time"] < reused.get(int(served), float("inf")):
             found[p.pid] = p.info["create_time"]
     return found
+
+
+def create_time_of(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 def safe_children(p: psutil.Process) -> list[psutil.Process]:
@@ -134,7 +147,7 @@ def stop(procs: list[psutil.Process], grace_s: float) -> tuple[int, int]:
     return len(procs) - len(left), len(left)
 
 
-def sweep(session_dir: str, driver_pid: int, recorded: dict[int, float], raylets: set[int],
+def sweep(session_dir: str, driver_pid: int, recorded: dict[int, float], raylets: dict[int, float],
           grace_s: float = GRACE_S) -> int:
     """Stop every process of the session (recorded, or found now), in rounds until none is left
     (a raylet may start a worker while its siblings stop); returns how many were stopped."""
@@ -169,7 +182,7 @@ def main(argv: list[str]) -> int:
     driver_pid, session_dir = int(argv[0]), argv[1]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    recorded, raylets = {}, set()
+    recorded, raylets = {}, {}
     say(f"watching driver {driver_pid}, Ray session {session_dir}")
     while not driver_gone(driver_pid, POLL_S):
         found, more = scan(session_dir, driver_pid)

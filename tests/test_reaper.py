@@ -14,6 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cluster import reaper
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +71,21 @@ def test_the_watchdog_stops_the_session_and_only_it(tmp_path):
         for p in (*pids, child.pid):
             if running(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_a_reused_raylet_pid_does_not_claim_another_sessions_workers():
+    # a "raylet" P and a worker naming it in RAY_RAYLET_PID, started after P: recorded with P's own
+    # start time the worker is the session's; recorded with an earlier start time (the session's
+    # raylet died and P took its pid later) the worker belongs to P's session, not this one
+    raylet = subprocess.Popen([sys.executable, "-c", SLEEP])
+    time.sleep(0.05)
+    worker = subprocess.Popen([sys.executable, "-c", SLEEP], env={**os.environ, "RAY_RAYLET_PID": str(raylet.pid)})
+    try:
+        time.sleep(0.3)
+        started = psutil.Process(raylet.pid).create_time()
+        assert worker.pid in reaper.served_by({raylet.pid: started})
+        assert worker.pid not in reaper.served_by({raylet.pid: started - 100.0})
+    finally:
+        for p in (worker, raylet):
+            p.kill()
+            p.wait()
