@@ -7,8 +7,8 @@ checks them without reading any data:
 
 - ``data.source = "parquet"``: ``data.<split>.path`` exists and is a Parquet file whose schema
   (its footer only, :func:`rollout.tasks.schema.check_task_file`) has the required columns;
-- the other file-based sources: every ``*_path`` / ``*_dir`` argument exists (``"hf"``: its
-  ``path``, a file, a directory or a glob that matches);
+- the other file-based sources: every ``*_path`` / ``*_dir`` argument exists but the ones a source
+  writes (``cache_dir``; ``"hf"``: its ``path``, a file, a directory or a glob that matches);
 - ``roles.<r>.model``: ``builtin:NAME`` built, a local directory present
   (:func:`cluster.models.resolve_model`); a hub id is left to ``duet train``, which fetches it.
 
@@ -54,13 +54,17 @@ def exists_problem(value: Any, glob_ok: bool = False) -> str | None:
     return None if Path(text).exists() else f"{text!r} does not exist"
 
 
+WRITTEN = frozenset({"cache_dir", "output_dir", "out_dir"})
+"""Directory arguments a source creates (a cache, an output), not inputs: never required to exist."""
+
+
 def split_problems(source: str, split: str, kwargs: Mapping[str, Any]) -> list[str]:
     """Problems of one split's file arguments (``data.<split>.<arg>: ...``)."""
     where = f"data.{split}"
     if source == "parquet" and "path" in kwargs:
         problem = parquet_problem(kwargs["path"])
         return [f"{where}.path: {problem}"] if problem else []
-    names = [k for k in kwargs if k.endswith(("_path", "_dir")) or (source == "hf" and k == "path")]
+    names = [k for k in kwargs if (k.endswith(("_path", "_dir")) and k not in WRITTEN) or (source == "hf" and k == "path")]
     found = [(k, exists_problem(kwargs[k], glob_ok=source == "hf")) for k in names if kwargs[k] is not None]
     return [f"{where}.{k}: {problem}" for k, problem in found if problem]
 

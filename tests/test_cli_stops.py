@@ -30,3 +30,14 @@ def test_an_error_from_a_ray_task_prints_its_cause():
     err = FromRay(refused.value)
     assert one_line(err) == str(refused.value) and "\n" not in one_line(err)
     assert one_line(ValueError("plain")) == "plain"
+
+
+def test_preflight_requires_inputs_not_the_caches_a_source_writes(tmp_path):
+    from cluster.preflight import split_problems
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    args = {"path": str(data), "cache_dir": str(tmp_path / "hf-cache")}  # the cache: made by `datasets`
+    assert split_problems("hf", "train", args) == []
+    missing = {"path": str(tmp_path / "absent.jsonl"), "cache_dir": str(tmp_path / "hf-cache")}
+    assert split_problems("hf", "train", missing) == [f"data.train.path: {str(tmp_path / 'absent.jsonl')!r} does not exist"]
