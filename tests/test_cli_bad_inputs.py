@@ -48,13 +48,37 @@ def duet(command: str, recipe: str, sets: tuple[str, ...], run_dir: Path) -> tup
 
 
 def refused(command: str, recipe: str, sets: tuple[str, ...], tmp_path: Path) -> list[str]:
-    """Run the command; assert exit 2 with nothing started; return its stderr lines."""
+    """Run the command as a process; assert exit 2 with nothing started; return its stderr lines."""
     run_dir = tmp_path / "run"
     result, elapsed = duet(command, recipe, sets, run_dir)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert result.stdout == "" and not run_dir.exists()  # no recipe printed, no run directory made
     assert "Ray" not in result.stderr and elapsed < 60  # Ray never started (it announces itself)
     return result.stderr.splitlines()
+
+
+@pytest.fixture
+def refused_here(capsys, monkeypatch):
+    """``refused`` through ``cluster.cli.main`` in this process (the same code, without a Python start
+    per case): Ray starting would fail the test (``cluster.run.init_ray`` refuses)."""
+    import cluster.run
+    from cluster.cli import main
+
+    monkeypatch.setattr(cluster.run, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+
+    def run(command: str, recipe: str, sets: tuple[str, ...], tmp_path: Path) -> list[str]:
+        run_dir = tmp_path / "run"
+        code = main([command, recipe, *[x for kv in (*sets, f"output.dir={run_dir}") for x in ("--set", kv)]])
+        out = capsys.readouterr()
+        assert code == 2, out.out[-2000:] + out.err[-2000:]
+        assert out.out == "" and not run_dir.exists()
+        return out.err.splitlines()
+    return run
+
+
+AS_PROCESS = {("parquet_missing", "check"), ("parquet_missing", "train"), ("unknown_reward", "train")}
+"""Cases also run as a real ``python -m cluster.cli`` process (the entry point itself); the others
+run in this process."""
 
 
 FILE_CASES = {
@@ -85,9 +109,9 @@ FILE_CASES = {
 
 @pytest.mark.parametrize("command", ["check", "train"])
 @pytest.mark.parametrize("case", sorted(FILE_CASES))
-def test_a_bad_file_or_model_is_one_line_naming_the_field(case, command, files, tmp_path):
+def test_a_bad_file_or_model_is_one_line_naming_the_field(case, command, files, tmp_path, refused_here):
     sets, expected = FILE_CASES[case]
-    lines = refused(command, "smoke", sets(files), tmp_path)
+    lines = (refused if (case, command) in AS_PROCESS else refused_here)(command, "smoke", sets(files), tmp_path)
     expected = expected.format(dir=files["dir"])
     assert len(lines) == 1, lines
     assert lines[0] == expected if case not in ("model_builtin", "model_path") else lines[0].startswith(expected)
@@ -108,9 +132,9 @@ RECIPE_CASES = {
 
 @pytest.mark.parametrize("command", ["check", "train"])
 @pytest.mark.parametrize("case", sorted(RECIPE_CASES))
-def test_a_bad_plugin_name_or_argument_names_its_field(case, command, tmp_path):
+def test_a_bad_plugin_name_or_argument_names_its_field(case, command, tmp_path, refused_here):
     recipe, sets, expected = RECIPE_CASES[case]
-    lines = refused(command, recipe, sets, tmp_path)
+    lines = (refused if (case, command) in AS_PROCESS else refused_here)(command, recipe, sets, tmp_path)
     assert lines[0].startswith("duet: ") and lines[0].endswith(f"{recipe}.toml: invalid recipe")
     assert len(lines) == 2 and lines[1].startswith(expected), lines
 
