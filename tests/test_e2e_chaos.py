@@ -20,11 +20,9 @@ the adapter reaches v(1 + 20 + 1 + R) and every version 1..final is proven on bo
 """
 
 import json
-import os
 import random
 import re
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from test_e2e_faults import ROOT, WORKER, logged_steps, sync_rows, titles
+from test_e2e_faults import ROOT, WORKER, logged_steps, run_under, sync_rows, titles
 
 pytestmark = pytest.mark.e2e
 
@@ -140,22 +138,9 @@ class Chaos(threading.Thread):
 @pytest.fixture(scope="module")
 def chaos_run(tmp_path_factory, models_dir):
     run_dir = tmp_path_factory.mktemp("chaos") / "run"
-    sets = [x for kv in (*RECIPE, f"output.dir={run_dir}") for x in ("--set", kv)]
-    log_path = run_dir.parent / "stdout.log"
     t0 = time.monotonic()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "train", *sets], cwd=ROOT,
-                                env={**os.environ, "DUET_MODELS": str(models_dir)}, stdout=log,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        chaos = Chaos(proc, run_dir, log_path, SEED)
-        chaos.start()
-        try:
-            rc = proc.wait(timeout=480)
-        finally:
-            if proc.poll() is None:  # only our own process group: the CLI, its Ray and actors
-                os.killpg(proc.pid, 9)
-        chaos.join(timeout=5)
-    out = log_path.read_text()
+    rc, out, chaos = run_under(lambda proc, log_path: Chaos(proc, run_dir, log_path, SEED), run_dir, RECIPE,
+                               models_dir, timeout_s=480)
     assert rc == 0, out[-4000:]
     print(f"chaos: {[(k.what, k.armed_at, k.steps_logged[-1:]) for k in chaos.kills]} in {time.monotonic() - t0:.0f}s")
     return run_dir, out, chaos

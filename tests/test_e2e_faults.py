@@ -153,24 +153,32 @@ class Killer(threading.Thread):
         return None
 
 
-@pytest.fixture(scope="module")
-def faulty_run(tmp_path_factory, models_dir):
-    run_dir = tmp_path_factory.mktemp("faults") / "run"
-    sets = [x for kv in (*RECIPE, f"output.dir={run_dir}") for x in ("--set", kv)]
+def run_under(make_killer, run_dir: Path, recipe: tuple[str, ...], models_dir: Path, timeout_s: float = 600):
+    """``duet train`` of ``recipe`` into ``run_dir`` as a process group of its own, with the thread
+    ``make_killer(proc, log_path)`` started beside it (it kills processes of the run); returns
+    (exit status, the run's stdout and stderr, that thread). A run still going at ``timeout_s`` is
+    killed, its group only (the CLI, its Ray and actors)."""
+    sets = [x for kv in (*recipe, f"output.dir={run_dir}") for x in ("--set", kv)]
     log_path = run_dir.parent / "stdout.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "train", *sets], cwd=ROOT,
                                 env={**os.environ, "DUET_MODELS": str(models_dir)}, stdout=log,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        killer = Killer(proc, run_dir)
+        killer = make_killer(proc, log_path)
         killer.start()
         try:
-            rc = proc.wait(timeout=600)
+            rc = proc.wait(timeout=timeout_s)
         finally:
-            if proc.poll() is None:  # only our own process group: the CLI, its Ray and actors
+            if proc.poll() is None:
                 os.killpg(proc.pid, 9)
         killer.join(timeout=5)
-    out = log_path.read_text()
+    return rc, log_path.read_text(), killer
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory, models_dir):
+    run_dir = tmp_path_factory.mktemp("faults") / "run"
+    rc, out, killer = run_under(lambda proc, _: Killer(proc, run_dir), run_dir, RECIPE, models_dir)
     assert rc == 0, out[-4000:]
     return run_dir, out, killer
 

@@ -16,10 +16,8 @@ republish; every version 1..final proven, in order; one metrics row per step (no
 """
 
 import json
-import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from test_e2e_faults import ROOT, logged_steps, sync_rows, titles
+from test_e2e_faults import ROOT, logged_steps, run_under, sync_rows, titles
 
 pytestmark = pytest.mark.e2e
 
@@ -76,21 +74,7 @@ class RankKiller(threading.Thread):
 @pytest.fixture(scope="module")
 def learner_death(tmp_path_factory, models_dir):
     run_dir = tmp_path_factory.mktemp("learner_death") / "run"
-    sets = [x for kv in (*RECIPE, f"output.dir={run_dir}") for x in ("--set", kv)]
-    log_path = run_dir.parent / "stdout.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "train", *sets], cwd=ROOT,
-                                env={**os.environ, "DUET_MODELS": str(models_dir)}, stdout=log,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        killer = RankKiller(proc, run_dir, after=2)
-        killer.start()
-        try:
-            rc = proc.wait(timeout=600)
-        finally:
-            if proc.poll() is None:  # only our own process group: the CLI, its Ray and actors
-                os.killpg(proc.pid, 9)
-        killer.join(timeout=5)
-    out = log_path.read_text()
+    rc, out, killer = run_under(lambda proc, _: RankKiller(proc, run_dir, after=2), run_dir, RECIPE, models_dir)
     assert rc == 0, out[-4000:]
     return run_dir, out, killer
 
