@@ -2,7 +2,8 @@
 
 Order: placement groups (rollout bundles, then one group per trained role's learner ranks) -> the
 run directory checked on every node that hosts a bundle ->
-learner groups (DeepSpeed worlds) -> rollout workers (vLLM engines) -> weight-sync service ->
+rollout workers created (vLLM engines; not waited for: they build while the learner ranks start) ->
+learner groups (DeepSpeed worlds) -> rollout workers waited for -> weight-sync service ->
 version 1 of every trained adapter published and proven on every worker (the untrained LoRA, equal
 to the base model) so that no rollout ever runs on an adapter the learner did not publish. A resumed
 run skips that first publish: :meth:`cluster.driver.Driver.restore` publishes the checkpoint's
@@ -78,6 +79,18 @@ class RayLearners:
         return self.groups[role]
 
 
+def _start_workers(recipe: Recipe, models: Mapping[str, Path], groups: Mapping[str, Any]) -> dict[str, Any]:
+    """The rollout worker actors, created on their bundles and not waited for (name -> handle)."""
+    c = recipe.cluster
+    factory = RolloutWorkerFactory(recipe.model_dump_json(), {r: str(p) for r, p in models.items()})
+    tp, backend, _ = _rollout_layout(recipe)
+    actor = rollout_worker_actor(**worker_actor_resources(tp, c.rollout_cpus, c.rollout_gpus, backend))
+    root = str(recipe.run_dir() / "adapters" / "{node}")
+    slots = [worker_slot(i, tp, backend) for i in range(c.rollout_workers)]
+    return {f"rollout-{i}": actor.options(scheduling_strategy=bundle_strategy(groups[group], bundle))
+            .remote(factory, f"rollout-{i}", root) for i, (group, bundle) in enumerate(slots)}
+
+
 def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mapping[str, Path],
                   publish: bool = True, eval_items: Sequence[Any] = ()) -> tuple[Driver, Callable]:
     """Start every actor of the run; returns the driver and a teardown function. ``models``: role ->
@@ -94,15 +107,14 @@ def build_runtime(recipe: Recipe, train_items: Sequence[Any], log, models: Mappi
         remove_placement_groups(groups)
         raise
     log.event(f"run directory {recipe.run_dir()} is seen by every node of the run ({len(nodes)})")
-    learning = RayLearners(recipe, models, groups, log)
+    workers = _start_workers(recipe, models, groups)  # their engines build while the learner ranks start
+    try:
+        learning = RayLearners(recipe, models, groups, log)
+    except BaseException:
+        RayFleet(workers).kill()
+        remove_placement_groups(groups)
+        raise
     learners = learning.groups
-    factory = RolloutWorkerFactory(recipe.model_dump_json(), {r: str(p) for r, p in models.items()})
-    tp, backend, _ = _rollout_layout(recipe)
-    actor = rollout_worker_actor(**worker_actor_resources(tp, c.rollout_cpus, c.rollout_gpus, backend))
-    root = str(recipe.run_dir() / "adapters" / "{node}")
-    slots = [worker_slot(i, tp, backend) for i in range(c.rollout_workers)]
-    workers = {f"rollout-{i}": actor.options(scheduling_strategy=bundle_strategy(groups[group], bundle))
-               .remote(factory, f"rollout-{i}", root) for i, (group, bundle) in enumerate(slots)}
     wait_alive(list(workers.values()), timeout_s=600)
     log.event(f"{len(workers)} rollout worker(s) up")
     service = start_sync_service(PROBE, tolerance=1e-4)
