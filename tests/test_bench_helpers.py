@@ -7,13 +7,15 @@ from dataclasses import asdict
 
 import pytest
 
-from deploy.bench.duet_run import phase_of, step_figures
+from deploy.bench.duet_run import phase_of, step_figures, sync_latencies
 from deploy.bench.generation import generated_length, left_pad
 from deploy.bench.machine import cpu_model, mem_total_gib
 from deploy.bench.memory import RolePeak, role_of, role_peaks, vm_hwm_kib
 from deploy.bench.overlap import sync_split
-from deploy.bench.report import Check, Section, fmt, markdown_table, render_json, render_markdown, targets_table
-from deploy.bench.stats import percentile, ratio, steady, summarize, throughput
+from deploy.bench.report import (ISSUE_TARGETS, Check, Section, fmt, markdown_table, render_json, render_markdown,
+                                 targets_table, unmeasured)
+from deploy.bench.repeat import Side, column, interleave, load_cell
+from deploy.bench.stats import Spread, paired_ratios, percentile, ratio, ratio_spread, spread, steady, summarize, throughput
 
 pytestmark = pytest.mark.unit
 
@@ -71,6 +73,46 @@ def test_ratio_handles_missing_figures():
     assert ratio(None, 1.0) is None and ratio(1.0, 0.0) is None
 
 
+def test_spread_is_median_and_range():
+    assert spread([3.0, 1.0, 2.0]) == Spread(3, 2.0, 1.0, 3.0)
+    assert spread([4.0, 1.0, 2.0, 10.0]) == Spread(4, 3.0, 1.0, 10.0)   # even n: (2 + 4) / 2
+    with pytest.raises(ValueError):
+        spread([])
+
+
+def test_ratios_are_taken_inside_each_repetition():
+    # reps (duet, TRL): (60, 20) -> 3.0, (40, 20) -> 2.0, (90, 36) -> 2.5; median 2.5, range 2.0-3.0
+    assert paired_ratios([60.0, 40.0, 90.0], [20.0, 20.0, 36.0]) == [3.0, 2.0, 2.5]
+    s = ratio_spread([60.0, 40.0, 90.0], [20.0, 20.0, 36.0])
+    assert s == Spread(3, 2.5, 2.0, 3.0)
+    # the ratio of the medians would be 60 / 20 = 3.0, not the median ratio 2.5
+    assert s.text() == "2.50x (2.00-3.00x, 3 reps)"
+    assert Spread(3, 0.0456, 0.04, 0.05).text(" s", 3) == "0.046 s (0.040-0.050 s, 3 reps)"
+    with pytest.raises(ValueError):
+        paired_ratios([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        paired_ratios([1.0], [0.0])
+
+
+# ---- interleaved repetitions ---------------------------------------------------------------------
+
+def test_interleave_runs_a_b_a_b_with_the_load_beside_each_run():
+    order, loads = [], iter(float(i) for i in range(100))
+    reps = interleave(3, [("A", lambda rep: order.append(("A", rep)) or rep * 10),
+                          ("B", lambda rep: order.append(("B", rep)) or rep * 100)],
+                      lambda: (next(loads), 0.5, 0.25))
+    assert order == [("A", 0), ("B", 0), ("A", 1), ("B", 1), ("A", 2), ("B", 2)]
+    assert [s.result for s in column(reps, "B")] == [0, 100, 200]
+    first = reps[0][0]
+    assert (first.name, first.rep, first.load_start, first.load_end) == ("A", 0, (0.0, 0.5, 0.25), (1.0, 0.5, 0.25))
+    assert reps[1][1].load_start == (6.0, 0.5, 0.25)   # 4 readings per repetition: start and end of A and B
+    with pytest.raises(KeyError):
+        column(reps, "C")
+    with pytest.raises(ValueError):
+        interleave(0, [("A", lambda rep: rep)], lambda: (0.0,))
+    assert load_cell((1.2, 1.456, 1.5)) == "1.20 / 1.46 / 1.50"
+
+
 # ---- report --------------------------------------------------------------------------------------
 
 def test_fmt_three_significant_digits():
@@ -96,10 +138,23 @@ def test_section_checks_row_width():
 
 def test_targets_table_and_round_trip_through_json():
     sec = Section("sync", "3. Sync", ("k",), ((1,),), (Check("p50 <= 0.5 s", "0.120 s", True),
-                                                       Check("10x", "-", None)), ("a note",), {"x": [1.0]})
-    assert targets_table([sec]).splitlines()[2:] == ["| p50 <= 0.5 s | 0.120 s | yes |", "| 10x | - | not measured |"]
+                                                       Check("10x", "-", None, "sync-smollm2")), ("a note",), {"x": [1.0]})
+    lines = targets_table([sec]).splitlines()[2:]
+    assert len(lines) == len(ISSUE_TARGETS) + 1   # every issue-13 target, then the extra check
+    by_target = {line.split(" | ")[0][2:]: line for line in lines}
+    assert by_target["10x"] == "| 10x | - | not measured |"   # measured by its section (key), in the issue's order
+    assert lines.index(by_target["10x"]) == [k for k, _, _ in ISSUE_TARGETS].index("sync-smollm2")
+    assert lines[-1] == "| p50 <= 0.5 s | 0.120 s | yes |"
+    assert "not measured: the e2e benchmark was not run" in lines[0]
+    assert "not measured here: the default run is `duet train`" in lines[-2]
     back = Section.from_dict(json.loads(json.dumps(asdict(sec))))
     assert back == sec
+
+
+def test_unmeasured_target_names_the_failed_benchmark():
+    failed_sec = Section("e2e", "1a. E2E", error="Traceback ...\nRuntimeError: boom")
+    assert unmeasured("e2e", [failed_sec]) == "not measured: the e2e benchmark failed (RuntimeError: boom)"
+    assert unmeasured("rollout", [failed_sec]) == "not measured: the rollout benchmark was not run"
 
 
 def test_render_markdown_and_json():
@@ -179,29 +234,45 @@ def test_left_pad():
 
 # ---- sections built from hand-made figures -------------------------------------------------------
 
-def _phase(mode, step_s, sample_s, learner_s=None):
+def _phase(mode, step_s, sample_s, learner_s=None, sync_s=()):
     from deploy.bench.duet_run import Phase
 
     n = len(step_s)
-    return Phase(mode, 0, n, tuple(step_s), tuple(sample_s), tuple(learner_s or [0.1] * n), (32.0,) * n)
+    return Phase(mode, 0, n, tuple(step_s), tuple(sample_s), tuple(learner_s or [0.1] * n), (32.0,) * n, tuple(sync_s))
 
 
-def test_e2e_section_samples_per_second_and_best_trl():
+def _run(sync_phase, async_phase=None):
+    from deploy.bench.duet_run import DuetRun
+
+    return DuetRun(60.0, (sync_phase,) + ((async_phase,) if async_phase else ()), (), 100.0)
+
+
+def test_e2e_section_median_of_per_repetition_ratios_against_the_faster_trl():
     from deploy.bench.e2e import section
     from deploy.bench.settings import E2ESettings
 
-    e2e = E2ESettings(tasks_per_step=4, group_size=8, warmup_steps=1, steps=2)  # 32 samples per step
-    duet = _phase("sync", [9.0, 0.5, 1.5], [0.1, 0.2, 0.3])     # steady: 0.5 + 1.5 = 2 s for 64 -> 32 /s
-    trl = {1: {"step_s": [20.0, 4.0, 4.0], "startup_s": 5.0},   # 64 / 8 s = 8 /s
-           2: {"step_s": [20.0, 8.0, 8.0], "startup_s": 6.0}}   # 64 / 16 s = 4 /s
-    sec = section(e2e, duet, 60.0, trl)
-    assert [row[5] for row in sec.rows] == [32.0, 8.0, 4.0, 4.0]   # ratio vs the faster TRL: 32 / 8
-    assert sec.rows[3][0] == "ratio duet-rl / best TRL (1 thread(s))"
-    assert sec.checks[0].met is True and sec.checks[0].measured == "4.00x"
+    e2e = E2ESettings(tasks_per_step=4, group_size=8, warmup_steps=1, steps=2, trl_threads=(1, 2))  # 32 per step
+    load = (1.0, 1.0, 1.0)
+
+    def rep(k, duet_steps, trl1, trl2):
+        return [Side("duet-rl", k, _run(_phase("sync", duet_steps, [0.1] * 3)), load, load, 1.0),
+                Side("TRL 1 thread(s)", k, {"step_s": trl1, "startup_s": 5.0}, load, load, 1.0),
+                Side("TRL 2 thread(s)", k, {"step_s": trl2, "startup_s": 5.0}, load, load, 1.0)]
+
+    reps = [rep(0, [9.0, 0.5, 1.5], [20.0, 4.0, 4.0], [20.0, 8.0, 8.0]),   # 32 /s vs best 8 /s (1 thread): 4.0
+            rep(1, [9.0, 1.0, 1.0], [20.0, 8.0, 8.0], [20.0, 2.0, 2.0]),   # 32 /s vs best 16 /s (2 threads): 2.0
+            rep(2, [9.0, 1.0, 3.0], [20.0, 8.0, 8.0], [20.0, 8.0, 8.0])]   # 16 /s vs 4 /s (1 thread: first of ties): 4.0
+    sec = section(e2e, reps)
+    assert sec.data["ratios"] == [4.0, 2.0, 4.0] and sec.data["trl_threads"] == [1, 2, 1]
+    ratio_rows = [row for row in sec.rows if str(row[1]).startswith("ratio duet-rl")]
+    assert [row[4] for row in ratio_rows] == [4.0, 2.0, 4.0]
+    assert ratio_rows[1][1] == "ratio duet-rl / TRL 2 thread(s)"
+    assert sec.rows[-1][4] == 4.0 and sec.rows[-1][6] == "2.00-4.00"
+    assert sec.checks[0].met is True and sec.checks[0].measured == "4.00x (2.00-4.00x, 3 reps)"
+    assert sec.checks[0].key == "e2e-tiny" and sec.title.startswith("1a. ")
 
 
-def test_overlap_section_ratio_to_max_of_generation_and_training():
-    from deploy.bench.duet_run import DuetRun
+def test_overlap_section_ratio_to_max_of_generation_and_training_per_run():
     from deploy.bench.overlap import section
     from deploy.bench.settings import BenchSettings, OverlapSettings
 
@@ -209,10 +280,61 @@ def test_overlap_section_ratio_to_max_of_generation_and_training():
     # sync steady steps: step 1.0 and 1.2 s, generation 0.4 and 0.4 s -> training 0.6 and 0.8 (mean 0.7)
     sync = _phase("sync", [5.0, 1.0, 1.2], [3.0, 0.4, 0.4])
     # async steady steps 0.70 and 0.84 (mean 0.77): 0.77 / max(0.4, 0.7) = 1.1; vs sync mean 1.1: 0.77 / 1.1 = 0.7
-    asyn = _phase("async", [2.0, 0.70, 0.84], [1.0, 0.0, 0.0])
-    sec = section(cfg, DuetRun(1.0, (sync, asyn), (), 100.0))
-    figures = {row[0]: row[2] for row in sec.rows}
-    assert figures["max(generation, training)"] == pytest.approx(0.7)
-    assert figures["async step / max(generation, training)"] == pytest.approx(1.1)
-    assert figures["async step / sync step"] == pytest.approx(0.7)
-    assert sec.checks[0].met is True and sec.checks[0].measured == "1.10x"
+    asyn = _phase("async", [2.0, 0.70, 0.84], [1.0, 0.0, 0.0], sync_s=[0.5, 0.04, 0.06])
+    # a second run: async steps 1.4 s -> 1.4 / 0.7 = 2.0; syncs 0.2 s
+    slow = _phase("async", [2.0, 1.4, 1.4], [1.0, 0.0, 0.0], sync_s=[0.5, 0.2, 0.2])
+    sec = section(cfg, [_run(sync, asyn), _run(sync, slow), _run(sync, asyn)])
+    assert sec.data["ratios"] == pytest.approx([1.1, 2.0, 1.1])
+    assert sec.data["reps"][0]["bound"] == pytest.approx(0.7)
+    assert sec.data["reps"][0]["vs_sync"] == pytest.approx(0.7)
+    assert sec.checks[0].met is True and sec.checks[0].measured == "1.10x (1.10-2.00x, 3 reps)"
+    # sync p50 of the async steps: 0.05, 0.2, 0.05 -> median 0.05 s
+    assert sec.checks[1].met is True and sec.checks[1].measured == "0.050 s (0.050-0.200 s, 3 reps)"
+
+
+# ---- sync rows and the step profile --------------------------------------------------------------
+
+def test_sync_latencies_belong_to_the_step_that_published():
+    rows = [{"step": -1, "scope": "sync/policy", "name": "latency_s", "value": 9.0},   # version 1 at start-up
+            {"step": 0, "scope": "rollout", "name": "dropped/stale", "value": 0.0},
+            {"step": -1, "scope": "sync/policy", "name": "latency_s", "value": 0.25},
+            {"step": -1, "scope": "sync/policy", "name": "version", "value": 2.0},
+            {"step": 0, "scope": "rollout", "name": "time/step", "value": 1.0},
+            {"step": 1, "scope": "rollout", "name": "dropped/stale", "value": 0.0},
+            {"step": -1, "scope": "sync/policy", "name": "latency_s", "value": 0.5},
+            {"step": -1, "scope": "sync/policy", "name": "latency_s", "value": 0.125},   # a re-sync after a death
+            {"step": 2, "scope": "rollout", "name": "dropped/stale", "value": 0.0}]
+    syncs = sync_latencies(rows)
+    assert syncs == {0: 0.25, 1: 0.625}
+    phase = phase_of({s: {"rollout/time/step": 1.0, "rollout/time/sample": 0.5, "learner/policy/time/step": 0.2,
+                          "learner/policy/batch/samples": 8.0} for s in range(3)}, "sync", 0, 3, syncs)
+    assert phase.sync_s == (0.25, 0.625, 0.0)
+
+
+def test_step_profile_parts_add_up_to_the_step():
+    from deploy.bench.profile import PARTS, profile_rows, step_parts
+
+    # steady steps (warm-up 1 dropped): step 1.0 = 0.5 generation + 0.25 update + 0.125 sync + 0.125 rest;
+    # step 2.0 = 1.0 + 0.5 + 0.25 + 0.25
+    phase = _phase("sync", [9.0, 1.0, 2.0], [9.0, 0.5, 1.0], [9.0, 0.25, 0.5], sync_s=[9.0, 0.125, 0.25])
+    parts = step_parts(phase, 1)
+    assert parts["step"] == [1.0, 2.0] and parts[PARTS[3]] == [0.125, 0.25]
+    rows = profile_rows("tiny VLM", [phase, phase], 1)
+    assert [r[2] for r in rows] == ["whole step (wall)", *PARTS]
+    by_part = {r[2]: r for r in rows}
+    assert by_part["whole step (wall)"][3:6] == (4, 1.5, 1.5)           # 4 steps pooled over 2 runs
+    assert by_part[PARTS[0]][4] == 0.75 and by_part[PARTS[0]][6] == pytest.approx(50.0)
+    assert by_part[PARTS[3]][6] == pytest.approx(12.5)                  # 0.1875 / 1.5
+
+
+def test_addition_task_answers_are_the_sums():
+    from deploy.bench.text_task import ANSWER_PATTERN, addition_tasks
+    from rollout.kinds.base import AnswerFormat
+    from rollout.single_turn import extract_answer
+
+    tasks = addition_tasks(50, 1, "train")
+    assert tasks == addition_tasks(50, 1, "train") and len({t.task_id for t in tasks}) == 50
+    for t in tasks:
+        a, b = (int(x) for x in t.question.removeprefix("What is ").split("?")[0].split(" + "))
+        assert 10 <= a <= 99 and 10 <= b <= 99 and t.answer == str(a + b) and t.image is None
+    assert extract_answer("12 + 30 is 42.", AnswerFormat(pattern=ANSWER_PATTERN)) == "42"

@@ -4,9 +4,10 @@
     python -m deploy.bench sync rollout     some benchmarks (Markdown on stdout; --out DIR to keep it)
     python -m deploy.bench --quick          the same code paths with less work (a smoke run)
 
-Benchmarks: e2e, rollout, sync, overlap, memory. Each runs in a child process of its own (a clean
-peak-memory figure, vLLM's once-per-process settings, no Ray left behind); the whole suite runs e2e,
-overlap and memory on one duet-rl run ("system"). The load average is recorded before and after each.
+Benchmarks: e2e, e2e-smollm2, rollout, sync, overlap, memory, profile. Each runs in a child process
+of its own (a clean peak-memory figure, vLLM's once-per-process settings, no Ray left behind); the
+whole suite runs e2e, overlap, memory and the tiny-VLM profile on the same repetitions ("system"),
+and e2e-smollm2 with its profile ("smollm2"). The load average is recorded before and after each.
 """
 
 from __future__ import annotations
@@ -29,42 +30,51 @@ from deploy.bench.report import Section, failed, render_json, render_markdown
 from deploy.bench.settings import ROOT, BenchSettings, settings
 
 RESULTS = ROOT / "deploy" / "bench" / "results"
-SUITE = ("system", "rollout", "sync")
-PUBLIC = ("e2e", "rollout", "sync", "overlap", "memory")
-TITLES = {"e2e": "1. End-to-end GRPO", "rollout": "2. Rollout throughput", "sync": "3. Weight sync",
-          "overlap": "4. Async overlap", "memory": "5. Memory", "system": "1, 4, 5: duet-rl system run"}
+SUITE = ("system", "smollm2", "rollout", "sync")
+PUBLIC = ("e2e", "e2e-smollm2", "rollout", "sync", "overlap", "memory", "profile")
+TITLES = {"e2e": "1a. End-to-end GRPO, tiny VLM", "e2e-smollm2": "1b. End-to-end GRPO, SmolLM2-135M",
+          "rollout": "2. Rollout throughput", "sync": "3. Weight sync", "overlap": "4. Async overlap",
+          "memory": "5. Memory", "profile": "6. Step profile", "system": "1a, 4, 5, 6: duet-rl tiny-VLM runs",
+          "smollm2": "1b, 6: SmolLM2-135M runs"}
 CHILD_TIMEOUT_S = 1500
 
 
-def _system(cfg: BenchSettings, work: Path, quick: bool) -> list[Section]:
-    """e2e, overlap and memory from ONE duet-rl run: sync steps, then async steps."""
-    from deploy.bench import e2e, overlap
-    from deploy.bench.duet_run import run_duet
-
-    c = cfg
-    run = run_duet(c.e2e, [("sync", c.e2e.warmup_steps + c.e2e.steps),
-                           ("async", c.overlap.warmup_steps + c.overlap.steps)], work)
-    first, memory = e2e.run(c, work, quick, duet=run)
-    return [first, *overlap.run(c, work, duet=run), memory]
-
-
-def _memory(cfg: BenchSettings, work: Path, quick: bool) -> list[Section]:
-    from deploy.bench.duet_run import run_duet
-    from deploy.bench.memory import memory_section
-
-    return [memory_section(run_duet(cfg.e2e, [("sync", cfg.e2e.warmup_steps + cfg.e2e.steps)], work))]
-
-
-def _e2e(cfg: BenchSettings, work: Path, quick: bool) -> list[Section]:
+def _tiny(cfg: BenchSettings, work: Path, quick: bool) -> tuple[list, list[Section]]:
+    """Section 1a's interleaved repetitions, each duet-rl run going on with async steps (section 4)."""
     from deploy.bench import e2e
 
-    return e2e.run(cfg, work, quick)[:1]
+    o = cfg.overlap
+    return e2e.run(cfg, cfg.e2e, work, quick, async_phase=(o.warmup_steps, o.steps))
 
 
-def _overlap(cfg: BenchSettings, work: Path, quick: bool) -> list[Section]:
-    from deploy.bench import overlap
+def _system(cfg: BenchSettings, work: Path, quick: bool) -> list[Section]:
+    """1a, 4, 5 and 6 from the same repetitions: each duet-rl run = sync steps then async steps."""
+    from deploy.bench import overlap, profile
+    from deploy.bench.e2e import DUET
+    from deploy.bench.memory import memory_section
+    from deploy.bench.repeat import column
 
-    return overlap.run(cfg, work)
+    reps, sections = _tiny(cfg, work, quick)
+    runs = [s.result for s in column(reps, DUET)]
+    trl = {int(s.name.split()[1]): s.result for s in reps[0] if s.name != DUET}
+    works = [(cfg.e2e.label, [p for r in runs for p in r.phases], cfg.e2e.warmup_steps)]
+    return [*sections, overlap.section(cfg, runs), memory_section(runs[0], trl), profile.section(works, "6a")]
+
+
+def _smollm2(cfg: BenchSettings, work: Path, quick: bool) -> list[Section]:
+    """1b and its step profile."""
+    from deploy.bench import e2e, profile
+    from deploy.bench.repeat import column
+
+    reps, sections = e2e.run(cfg, cfg.e2e_text, work, quick)
+    phases = [p for s in column(reps, e2e.DUET) for p in s.result.phases]
+    return [*sections, profile.section([(cfg.e2e_text.label, phases, cfg.e2e_text.warmup_steps)], "6b")]
+
+
+def _one(name: str) -> Callable[[BenchSettings, Path, bool], list[Section]]:
+    """A public benchmark that is part of a combined unit: that unit, keeping its section ``name``."""
+    unit = {"e2e": _system, "overlap": _system, "memory": _system, "profile": _system, "e2e-smollm2": _smollm2}[name]
+    return lambda cfg, work, quick: [s for s in unit(cfg, work, quick) if s.name == name]
 
 
 def _rollout(cfg: BenchSettings, work: Path, quick: bool) -> list[Section]:
@@ -83,7 +93,8 @@ def _sync(cfg: BenchSettings, work: Path, quick: bool) -> list[Section]:
 
 
 UNITS: dict[str, Callable[[BenchSettings, Path, bool], list[Section]]] = {
-    "e2e": _e2e, "rollout": _rollout, "sync": _sync, "overlap": _overlap, "memory": _memory, "system": _system}
+    "rollout": _rollout, "sync": _sync, "system": _system, "smollm2": _smollm2,
+    **{name: _one(name) for name in ("e2e", "overlap", "memory", "profile", "e2e-smollm2")}}
 CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
              "OMP_NUM_THREADS": "1"}
 """One torch/OpenMP thread in every benchmark process, as in a 1-CPU Ray actor: with 2 threads on a

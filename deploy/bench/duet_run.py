@@ -6,9 +6,10 @@ service, version 1 published and proven; then teardown), and :meth:`cluster.driv
 runs the phases one after the other on the same actors: e.g. ``[("sync", 8), ("async", 6)]``.
 Per-step figures are the driver's own (the rows of the run's ``metrics.parquet``, long format: step,
 scope, name, value): ``rollout/time/step`` (sample -> update -> sync, wall), ``rollout/time/sample``
-(waiting for the step's rollouts) and the learner rank's ``learner/policy/time/step`` (inside the
-rank). Start-up (Ray, actors, first publish) is timed separately and never enters a step. Peak
-memory of every process is sampled meanwhile.
+(waiting for the step's rollouts), the learner rank's ``learner/policy/time/step`` (inside the
+rank) and the weight-sync service's latency of the step's publish (``sync/policy/latency_s``).
+Start-up (Ray, actors, first publish) is timed separately and never enters a step. Peak memory of
+every process is sampled meanwhile.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class Phase:
     """(end - start,) ``learner/policy/time/step``."""
     samples: tuple[float, ...]
     """(end - start,) episodes trained per step (``learner/policy/batch/samples``)."""
+    sync_s: tuple[float, ...] = ()
+    """(end - start,) the weight-sync service's latency of the step's publishes (``sync/<role>/latency_s``,
+    summed; 0 for a step that published nothing), or () when not read."""
 
 
 @dataclass(frozen=True)
@@ -62,13 +66,30 @@ def step_figures(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, float
     return out
 
 
-def phase_of(figures: Mapping[int, Mapping[str, float]], mode: str, start: int, end: int) -> Phase:
+def sync_latencies(rows: Sequence[Mapping[str, Any]]) -> dict[int, float]:
+    """Step -> summed ``sync/<role>/latency_s`` of the publishes made during it. Sync rows are events
+    (step -1), written by ``Driver.publish`` between the step's loop rows and its step rows, so each
+    belongs to the step of the last step row before it; a sync before any step (version 1 at start-up)
+    is left out."""
+    out: dict[int, float] = {}
+    current = None
+    for r in rows:
+        if r["step"] >= 0:
+            current = int(r["step"])
+        elif current is not None and r["scope"].startswith("sync/") and r["name"] == "latency_s":
+            out[current] = out.get(current, 0.0) + float(r["value"])
+    return out
+
+
+def phase_of(figures: Mapping[int, Mapping[str, float]], mode: str, start: int, end: int,
+             syncs: Mapping[int, float] | None = None) -> Phase:
     """The :class:`Phase` of steps ``[start, end)``; raises KeyError naming a missing step/figure."""
     def col(key: str) -> tuple[float, ...]:
         return tuple(figures[s][key] for s in range(start, end))
 
+    sync_s = () if syncs is None else tuple(syncs.get(s, 0.0) for s in range(start, end))
     return Phase(mode, start, end, col("rollout/time/step"), col("rollout/time/sample"),
-                 col("learner/policy/time/step"), col("learner/policy/batch/samples"))
+                 col("learner/policy/time/step"), col("learner/policy/batch/samples"), sync_s)
 
 
 def with_mode(recipe: Any, mode: str) -> Any:
@@ -97,7 +118,7 @@ def run_duet(e2e: E2ESettings, phases: Sequence[tuple[str, int]], work_dir: Path
                 bounds.append((mode, start, start + n))
                 start += n
             counters = asdict(driver.counters)
-    figures = step_figures(log.rows)
+    figures, syncs = step_figures(log.rows), sync_latencies(log.rows)
     processes = tuple((pid, role, kib / 1024) for pid, (role, kib) in sorted(sampler.peaks.items()))
-    return DuetRun(startup, tuple(phase_of(figures, *b) for b in bounds), tuple(sampler.result()), own_peak_mib(),
+    return DuetRun(startup, tuple(phase_of(figures, *b, syncs) for b in bounds), tuple(sampler.result()), own_peak_mib(),
                    counters, processes)

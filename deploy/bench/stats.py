@@ -72,3 +72,48 @@ def throughput(units: float, seconds: Sequence[float]) -> float:
     if len(seconds) == 0 or total <= 0:
         raise ValueError("throughput: need at least one positive interval")
     return units * len(seconds) / total
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One figure over interleaved repetitions: its median and range (issue 13, item 1)."""
+
+    n: int
+    """Repetitions."""
+    median: float
+    """Median over the repetitions (the mean of the middle two for an even ``n``)."""
+    low: float
+    """Smallest value of a repetition."""
+    high: float
+    """Largest value of a repetition."""
+
+    def text(self, unit: str = "x", digits: int = 2) -> str:
+        """E.g. ``"2.10x (1.90-2.40x, 3 reps)"``."""
+        f = f"{{:.{digits}f}}"
+        return f"{f.format(self.median)}{unit} ({f.format(self.low)}-{f.format(self.high)}{unit}, {self.n} reps)"
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Median, min and max of ``values`` (non-empty)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("spread: no values")
+    return Spread(int(arr.size), float(np.median(arr)), float(arr.min()), float(arr.max()))
+
+
+def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """``numerators[i] / denominators[i]`` for each repetition ``i``: a ratio is only ever taken
+    between the two figures of the same repetition (measured back to back on the same machine
+    state), never between figures of different repetitions. Raises ValueError on unequal lengths
+    or a non-positive denominator."""
+    if len(numerators) != len(denominators):
+        raise ValueError(f"paired_ratios: {len(numerators)} numerators, {len(denominators)} denominators")
+    if any(d <= 0 for d in denominators):
+        raise ValueError(f"paired_ratios: a denominator is not positive: {list(denominators)}")
+    return [float(n) / float(d) for n, d in zip(numerators, denominators)]
+
+
+def ratio_spread(numerators: Sequence[float], denominators: Sequence[float]) -> Spread:
+    """:func:`spread` of the :func:`paired_ratios`: median and range of the per-repetition ratio
+    (not the ratio of the medians)."""
+    return spread(paired_ratios(numerators, denominators))

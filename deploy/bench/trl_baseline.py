@@ -1,7 +1,7 @@
 """The peer: TRL 1.16's ``GRPOTrainer`` on the same GRPO work as duet-rl (see :mod:`deploy.bench.settings`).
 
-Same model directory (the tiny Qwen2-VL: TRL takes a VLM on CPU, images in an ``image`` column),
-the same tasks in the same order (``cluster.run.load_items`` of the benchmark recipe), the same
+Same model directory (the tiny Qwen2-VL: TRL takes a VLM on CPU, images in an ``image`` column;
+or SmolLM2-135M on the text task, no image column), the same tasks in the same order (``cluster.run.load_items`` of the benchmark recipe), the same
 reward object (``cluster.rollout_factory.build_reward_fn``, duet's registered ``exact_match`` of the
 extracted answer) wrapped in TRL's ``reward_funcs`` signature, the same LoRA (r, alpha, targets
 from ``learner.config.LoraConfig.target_regex``, no dropout), optimiser (AdamW, constant lr, clip 1),
@@ -10,7 +10,7 @@ loss (TRL's "dapo" = duet's "token-mean"), the same completion budget and temper
 
 Run as its own process so its peak memory is its own::
 
-    python -m deploy.bench.trl_baseline OUT.json [--quick]
+    python -m deploy.bench.trl_baseline OUT.json [--quick] [--model NAME]
 
 Per-step wall times come from a ``TrainerCallback`` (``on_step_begin`` -> ``on_step_end``: TRL
 generates, scores and updates inside the step); the first ``warmup_steps`` are left out by the caller.
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deploy.bench.memory import own_peak_mib
-from deploy.bench.settings import MODELS_DIR, MODEL, E2ESettings, recipe_overrides, settings
+from deploy.bench.settings import MODELS_DIR, MODEL, E2ESettings, recipe_overrides, settings, workload
 
 
 def reward_func(recipe: Any) -> Callable[..., list[float]]:
@@ -50,10 +50,15 @@ def reward_func(recipe: Any) -> Callable[..., list[float]]:
 
 
 def dataset(tasks: list[Any], system_prompt: str) -> Any:
-    """TRL's conversational VLM format: a system message, the user turn (image then question)."""
+    """TRL's conversational format: a system message, the user turn (image then question for a
+    VLM's tasks, the question alone for text tasks)."""
     from datasets import Dataset
     from PIL import Image
 
+    if all(t.image is None for t in tasks):
+        return Dataset.from_list([{
+            "prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": t.question}],
+            "task_id": t.task_id, "question": t.question, "answer": t.answer} for t in tasks])
     return Dataset.from_list([{
         "prompt": [{"role": "system", "content": [{"type": "text", "text": system_prompt}]},
                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t.question}]}],
@@ -79,7 +84,7 @@ def run_trl(e2e: E2ESettings, work_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+    from transformers import TrainerCallback
     from trl import GRPOTrainer
 
     from cluster.config import load_recipe
@@ -89,7 +94,7 @@ def run_trl(e2e: E2ESettings, work_dir: Path) -> dict[str, Any]:
     recipe = load_recipe(None, recipe_overrides(e2e, "bench-trl", work_dir, e2e.warmup_steps + e2e.steps))
     tasks, _ = load_items(recipe, _Quiet())
     tasks = tasks[: e2e.tasks_per_step * (e2e.warmup_steps + e2e.steps)]  # driver order: step k takes the k-th slice
-    model_dir = MODELS_DIR / MODEL
+    model_dir = MODELS_DIR / e2e.model
     lora = recipe.roles["policy"].learner.lora
     peft = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules=DuetLora().target_regex())
 
@@ -104,15 +109,27 @@ def run_trl(e2e: E2ESettings, work_dir: Path) -> dict[str, Any]:
             self.seconds.append(time.perf_counter() - self.t)
 
     timer = StepTimer()
+    model, processing = load_model(model_dir, e2e.task == "addition")
     trainer = GRPOTrainer(
-        model=AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32),
-        reward_funcs=reward_func(recipe), args=grpo_config(e2e, work_dir / "trl"),
+        model=model, reward_funcs=reward_func(recipe), args=grpo_config(e2e, work_dir / "trl"),
         train_dataset=dataset(tasks, recipe.rollout.single_turn.policy.system_prompt or ""),
-        processing_class=AutoProcessor.from_pretrained(model_dir), peft_config=peft, callbacks=[timer])
+        processing_class=processing, peft_config=peft, callbacks=[timer])
     startup = time.perf_counter() - t0
     trainer.train()
     return {"step_s": timer.seconds, "startup_s": startup, "samples_per_step": e2e.samples_per_step,
             "peak_mib": own_peak_mib(), "torch_threads": torch.get_num_threads()}
+
+
+def load_model(model_dir: Path, text: bool) -> tuple[Any, Any]:
+    """(fp32 model, processing class) of ``model_dir``: a causal LM and its tokenizer for a text
+    model, an image-text-to-text model and its processor for a VLM."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    if text:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), AutoTokenizer.from_pretrained(model_dir)
+    return (AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32),
+            AutoProcessor.from_pretrained(model_dir))
 
 
 class _Quiet:
@@ -122,7 +139,8 @@ class _Quiet:
 
 def main(argv: list[str]) -> None:
     out = Path(argv[0])
-    result = run_trl(settings("--quick" in argv).e2e, out.parent)
+    model = argv[argv.index("--model") + 1] if "--model" in argv else MODEL
+    result = run_trl(workload(settings("--quick" in argv), model), out.parent)
     out.write_text(json.dumps(result))
 
 
