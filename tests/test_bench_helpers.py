@@ -338,3 +338,21 @@ def test_addition_task_answers_are_the_sums():
         a, b = (int(x) for x in t.question.removeprefix("What is ").split("?")[0].split(" + "))
         assert 10 <= a <= 99 and 10 <= b <= 99 and t.answer == str(a + b) and t.image is None
     assert extract_answer("12 + 30 is 42.", AnswerFormat(pattern=ANSWER_PATTERN)) == "42"
+
+
+def test_sync_section_ratios_per_repetition():
+    from deploy.bench.settings import BenchSettings, SyncSettings
+    from deploy.bench.sync import section
+
+    cfg = BenchSettings(sync=SyncSettings(worker_counts=(1,), repetitions=3, large_loads=2, large_reloads=1))
+    workers = {1: {"service_s": [0.1] * 3, "driver_s": [0.2] * 3, "load_s": [0.01] * 3, "full_s": [0.5] * 3,
+                   "nodes": 1, "ratios": [5.0, 3.0, 4.0], "loads": [[1.0, 1.0, 1.0]] * 3}}
+    # large model, per repetition: adapter versions (write, load, probe) summing to 0.1 and 0.3 s (p50 0.2),
+    # full reloads summing to 2.0, 4.0, 3.0 s -> ratios 10, 20, 15: median 15, range 10-20
+    reps = [{"adapter": [(0.05, 0.05, 0.0), (0.1, 0.1, 0.1)], "full": [(1.0, total - 1.0, 0.0)],
+             "load_start": [1.0, 1.0, 1.0]} for total in (2.0, 4.0, 3.0)]
+    sec = section(cfg, workers, 216.0, 3963.0, {"reps": reps, "adapter_kib": 19134.0, "model_kib": 525000.0})
+    assert sec.rows[0][-1] == 4.0                       # median of 5, 3, 4
+    assert sec.rows[1][-1] == pytest.approx(15.0)
+    assert sec.checks[0].key == "sync-smollm2" and sec.checks[0].met is True
+    assert sec.checks[0].measured == "15.00x (10.00-20.00x, 3 reps)"

@@ -37,7 +37,7 @@ from deploy.bench.report import Check, Section
 from deploy.bench.machine import load_average
 from deploy.bench.repeat import load_cell
 from deploy.bench.settings import MODEL, MODELS_DIR, BenchSettings, SyncSettings, model_dirs, recipe_overrides
-from deploy.bench.stats import ratio, ratio_spread, steady, summarize
+from deploy.bench.stats import ratio, ratio_spread, spread, steady, summarize
 
 TITLE = "3. Weight sync: adapter publish to every worker vs full-weight reload"
 TARGET_SPEEDUP = 10.0
@@ -141,6 +141,27 @@ def full_reloads(workers: Mapping[str, Any], files: Mapping[str, bytes], first_v
     return seconds
 
 
+def worker_reps(recipe: Any, learner: Any, workers: Mapping[str, Any], versions: dict[str, int],
+                files: Mapping[str, bytes], s: SyncSettings, work: Path, full_versions: Any) -> dict[str, Any]:
+    """``s.repetitions`` interleaved repetitions to ``workers``: adapter syncs then full reloads
+    (``s.warmup_syncs`` of each left out per repetition); the figures pooled, and per repetition the
+    ratio p50 full reload / p50 adapter sync with the load averages at its start."""
+    out: dict[str, Any] = {"service_s": [], "driver_s": [], "load_s": [], "full_s": [], "ratios": [], "loads": []}
+    for _ in range(s.repetitions):
+        out["loads"].append(load_average())
+        svc, drv, load, out["nodes"] = adapter_syncs(recipe, learner, workers, versions, s.warmup_syncs + s.syncs)
+        n = s.warmup_syncs + s.reloads
+        full = steady(full_reloads(workers, files, next(full_versions), n, work), s.warmup_syncs)
+        for _ in range(n - 1):  # the further versions full_reloads used
+            next(full_versions)
+        svc = steady(svc, s.warmup_syncs)
+        out["ratios"].append(summarize(full).p50 / summarize(svc).p50)
+        for key, values in (("service_s", svc), ("driver_s", steady(drv, s.warmup_syncs)),
+                            ("load_s", steady(load, s.warmup_syncs)), ("full_s", full)):
+            out[key] += values
+    return out
+
+
 def _phases(*steps: Any) -> list[float]:
     """Seconds of each callable in ``steps``, run in order."""
     out = []
@@ -212,15 +233,9 @@ def run(cfg: BenchSettings, work: Path) -> list[Section]:
         learner = LearnerGroup("policy", recipe.roles["policy"].learner, model_dir, 1, 0.5, 0.0)
         workers = start_workers(recipe, work, max(s.worker_counts))
         versions: dict[str, int] = {}
-        results = {}
-        for k in s.worker_counts:
-            subset = dict(list(workers.items())[:k])
-            svc, drv, load, nodes = adapter_syncs(recipe, learner, subset, versions, s.warmup_syncs + s.syncs)
-            full = full_reloads(subset, files, 1 + len(results) * (s.warmup_syncs + s.reloads),
-                                s.warmup_syncs + s.reloads, work)
-            results[k] = {"service_s": steady(svc, s.warmup_syncs), "driver_s": steady(drv, s.warmup_syncs),
-                          "load_s": steady(load, s.warmup_syncs),
-                          "full_s": steady(full, s.warmup_syncs), "nodes": nodes}
+        full_versions = iter(range(1, 1 << 30))
+        results = {k: worker_reps(recipe, learner, dict(list(workers.items())[:k]), versions, files, s, work,
+                                  full_versions) for k in s.worker_counts}
         learner.shutdown()
     finally:
         ray.shutdown()
@@ -243,9 +258,13 @@ def section(cfg: BenchSettings, results: Mapping[int, Mapping[str, Any]], adapte
     for k, r in sorted(results.items()):
         svc, drv, full = summarize(r["service_s"]), summarize(r["driver_s"]), summarize(r["full_s"])
         rows.append((MODEL, k, r["nodes"], svc.n, svc.p50, svc.p95, drv.p50, drv.p95, full.n, full.p50, full.p95,
-                     ratio(full.p50, svc.p50)))
+                     spread(r["ratios"]).median))
     loads = ", ".join(f"{k}: {summarize(r['load_s']).p50:.3f} s" for k, r in sorted(results.items()))
-    notes = (f"Of the adapter sync, the slowest worker's materialize + `load_adapter` (p50, by worker count): {loads}; "
+    per_rep = "; ".join(f"{k} worker(s) {spread(r['ratios']).text()}" for k, r in sorted(results.items()))
+    notes = (f"{MODEL}: per worker count {cfg.sync.repetitions} interleaved repetitions of {cfg.sync.syncs} adapter "
+             f"syncs then {cfg.sync.reloads} full reloads; last column = median of the per-repetition ratio "
+             f"full / adapter (p50); median (range): {per_rep}.",
+             f"Of the adapter sync, the slowest worker's materialize + `load_adapter` (p50, by worker count): {loads}; "
              "the rest is the object-store transfer, the probe forward with the adapter and the service's check.",)
     if large is not None:
         adapter = [x for r in large["reps"] for x in r["adapter"]]
@@ -283,5 +302,5 @@ def section(cfg: BenchSettings, results: Mapping[int, Mapping[str, Any]], adapte
                "and proved it by scoring the probe); \"incl. export\" = `Driver.publish` as the training loop "
                "calls it (learner export + learner probe + the service). \"full reload\" = put the safetensors "
                "once, every worker writes them to its node's disk, `VLLMEngine.reload_weights`, scores the probe.",
-               f"{s.warmup_syncs} warm-up sync(s)/reload(s) per row left out; every sync is a new version.") + notes,
+               f"{s.warmup_syncs} warm-up sync(s)/reload(s) per repetition left out; every sync is a new version.") + notes,
         data={"workers": {str(k): dict(v) for k, v in results.items()}, "one_engine": dict(large or {})})
