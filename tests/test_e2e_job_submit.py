@@ -15,7 +15,9 @@ Hand-worked expectations (recipe ``smoke``: 4 tasks x group 2 = 8 episodes per s
   job 1: steps 1-2, 16 episodes produced and trained, adapter v1 (untrained) + v2 + v3, a
          checkpoint at step 2;
   job 2: resumes at step 2, publishes the checkpoint's adapter as v4, steps 3-4 (v5, v6),
-         16 + 16 = 32 episodes in the counters.
+         16 + 16 = 32 episodes in the counters; no "base" evaluation or SFT redone; the learner's
+         step goes on 3, 4; both jobs' rows in the one metrics.parquet. (This is the suite's resume
+         test: one ``duet train`` then ``--resume`` in the same run directory.)
 
 Metrics: the block's ``ray start`` exports Prometheus metrics on port 8080; a poller reads
 http://127.0.0.1:8080/metrics every second while the block runs (each job's driver holds one report
@@ -33,6 +35,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -115,6 +118,21 @@ def stop_head(private: str, since: float) -> None:
         psutil.wait_procs(procs, timeout=wait)
 
 
+def torch_extensions_dir() -> str:
+    """Where torch's JIT keeps C++ ops in this environment (``torch.utils.cpp_extension``'s
+    ``_get_build_directory`` root: ``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions/py311_cpu``),
+    where set-up built DeepSpeed's CPU op: the jobs load it from there instead of compiling it
+    again (a minute or two) under the private ``HOME``."""
+    if "TORCH_EXTENSIONS_DIR" in os.environ:
+        return os.environ["TORCH_EXTENSIONS_DIR"]
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+
+    device = "cpu" if torch.version.cuda is None else f"cu{torch.version.cuda.replace('.', '')}"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return os.path.join(get_default_build_root(), f"{python}_{device}")
+
+
 @pytest.fixture(scope="module")
 def readme_session():
     taken = [p for p in PORTS if port_taken(p)]
@@ -127,8 +145,7 @@ def readme_session():
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env |= {"HOME": str(home), "RAY_TMPDIR": private, "DUET_RUNS": str(runs), "RAY_USAGE_STATS_ENABLED": "0",
-            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                   str(Path.home() / ".cache" / "torch_extensions"))}
+            "TORCH_EXTENSIONS_DIR": torch_extensions_dir()}
     poller = Poller(METRICS, period_s=1.0, token_file=home / ".ray" / "auth_token")
     try:
         poller.start()
@@ -210,9 +227,13 @@ def test_second_job_resumes_from_the_first_jobs_checkpoint(readme_run):
     lines = logs.splitlines()
     assert f"[duet] resumed from {run_dir / 'checkpoints' / 'step_000002'} at step 2" in lines
     assert [ln.split("|")[0].split() for ln in lines if ln.startswith("step ")] == [["step", "3"], ["step", "4"]]
+    assert not any(ln.startswith(("[eval] base", "[sft]")) for ln in lines)  # neither redone on resume
+    assert [ln.split()[1] for ln in lines if ln.startswith("[eval]")] == ["before_rl", "after_rl"]
     summary = summary_of(logs)
     assert summary["steps"] == 4 and summary["versions"] == {"policy": 6}
-    assert summary["counters"]["produced"] == summary["counters"]["trained"] == 32
+    assert summary["served"] == {"rollout-0": {"policy": 6}} and set(summary["eval"]) == {"before_rl", "after_rl"}
+    # 4 steps x 4 tasks x 2 samples, the first 16 carried over from the checkpoint; no fault
+    assert {k: v for k, v in summary["counters"].items() if v} == {"produced": 32, "trained": 32}
 
 
 def test_every_file_of_the_run_is_in_its_one_directory(readme_run):
@@ -226,7 +247,16 @@ def test_every_file_of_the_run_is_in_its_one_directory(readme_run):
     steps = [r["step"] for r in metrics if r["scope"] == "rollout" and r["name"] == "episodes"]
     assert steps == [0, 1, 2, 3]  # both jobs' steps in one metrics file
     versions = [r["value"] for r in metrics if r["scope"] == "sync/policy" and r["name"] == "version"]
-    assert versions == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert versions == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # job 2 republished the checkpoint's adapter as v4
+    proven = [r["value"] for r in metrics if r["scope"] == "sync/policy" and r["name"] == "proven_workers"]
+    assert proven == [1.0] * 6
+    learner_steps = [r["value"] for r in metrics if r["scope"] == "learner/policy" and r["name"] == "learner/step"]
+    assert learner_steps == [1.0, 2.0, 3.0, 4.0]  # the learner's step continued from the checkpoint's
+    first = json.loads((ckpts / "step_000002" / "driver.json").read_text())
+    assert (first["step"], first["versions"]) == (2, {"policy": 3})
+    assert {k: v for k, v in first["counters"].items() if v} == {"produced": 16, "trained": 16}
+    assert json.loads((ckpts / "step_000004" / "driver.json").read_text())["versions"] == {"policy": 6}
+    assert json.loads((ckpts / "step_000004" / "policy" / "learner_state.json").read_text())["step"] == 4
     (node_dir,) = (run_dir / "adapters").iterdir()  # one node on this head
     assert sorted(p.name.split("-")[0] for p in (node_dir / "policy").iterdir())[-1] == "v6"
     transcripts = sorted(p.name for p in (run_dir / "transcripts").iterdir())
