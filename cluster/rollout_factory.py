@@ -56,15 +56,18 @@ class RolloutWorkerFactory:
     """Role -> its base model's directory, resolved on the driver (:func:`cluster.models.resolve_models`)."""
 
     def __call__(self) -> TrainEvalWorker:
+        from rollout.engine.config import serve_mode
         from rollout.engine.vllm_engine import VLLMEngine
 
         recipe = Recipe.model_validate_json(self.recipe_json)
+        roles = recipe.resolve().roles
+        key_of = {r.name: self.model_dirs[r.name] + r.engine.model_dump_json() for r in roles}
         engines: dict[str, Engine] = {}
         shared: dict[str, Engine] = {}
-        for role in recipe.resolve().roles:
-            model_dir = self.model_dirs[role.name]
-            key = model_dir + role.engine.model_dump_json()
-            if key not in shared:
-                shared[key] = VLLMEngine(model_dir, role.engine)
+        for role in roles:
+            key = key_of[role.name]
+            if key not in shared:  # serve "auto" resolved knowing every adapter the engine's roles use
+                mode = serve_mode(role.engine, [r.adapter for r in roles if key_of[r.name] == key])
+                shared[key] = VLLMEngine(self.model_dirs[role.name], role.engine.model_copy(update={"serve": mode}))
             engines[role.name] = shared[key]
         return TrainEvalWorker(recipe.rollout, engines, build_reward_fn(recipe))
