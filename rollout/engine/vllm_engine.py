@@ -45,7 +45,8 @@ from typing import Any, Mapping, Sequence
 
 from rollout.engine.adapters import base_linear_modules, check_adapter
 from rollout.engine.base import AdapterRef, AdapterRejected, Completion, Request, Sampling
-from rollout.engine.config import EngineConfig, llm_kwargs, vllm_environment
+from rollout.engine.config import EngineConfig, llm_kwargs, serve_mode, vllm_environment
+from rollout.engine.merged import BaseWeights, merged_tensors, quiet_partial_reload
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 """ChatML end of message and end of text: a reply stops at either (plus the tokenizer's eos)."""
@@ -65,7 +66,9 @@ class ServedAdapter:
     lora_id: int
     """vLLM's integer id for this version (fresh per version, never reused)."""
     request: Any
-    """The ``vllm.lora.request.LoRARequest`` attached to requests for this name."""
+    """The ``vllm.lora.request.LoRARequest`` attached to requests for this name (None when merged)."""
+    path: str = ""
+    """The adapter directory (merged serving re-merges it after a base reload)."""
 
 
 def apply_environment(env: Mapping[str, str]) -> None:
@@ -158,6 +161,10 @@ class VLLMEngine:
         self._adapters: dict[str, ServedAdapter] = {}
         self._next_lora_id = 1
         self._base_modules = base_linear_modules(model_dir) if config.enable_lora else {}
+        self.loads_in_place = serve_mode(config) == "merged"
+        """Merged serving (``EngineConfig.serve``): a load rewrites the weights in place, so it must
+        not overlap a generate or score on this engine."""
+        self._base = BaseWeights(model_dir) if self.loads_in_place else None
 
     # ---- generation ----------------------------------------------------------------------------
 
@@ -240,6 +247,9 @@ class VLLMEngine:
 
     def _served(self, name: str | None) -> ServedAdapter | None:
         if name is None:
+            if self.loads_in_place and self._adapters:
+                raise ValueError(f"this engine serves adapter {sorted(self._adapters)} merged into its weights "
+                                 "(engine.serve = 'merged'): it no longer serves the base model")
             return None
         if name not in self._adapters:
             raise KeyError(f"adapter {name!r} is not loaded (loaded: {sorted(self._adapters)})")
@@ -250,7 +260,7 @@ class VLLMEngine:
 
     def loaded_lora_ids(self) -> set[int]:
         """vLLM's integer ids of the adapters its worker holds (for tests and diagnostics)."""
-        return set(self.llm.llm_engine.list_loras())
+        return set() if self.loads_in_place else set(self.llm.llm_engine.list_loras())
 
     def load_adapter(self, ref: AdapterRef) -> None:
         """Check ``ref``, drop the old version's id, load ``ref`` under a fresh id and serve it.
@@ -265,6 +275,9 @@ class VLLMEngine:
         self._check_slot(ref, old)
         check_adapter(ref.path, self.config.max_lora_rank, self._base_modules, ref.sha256,
                       self.config.enable_tower_connector_lora)
+        if self.loads_in_place:
+            self._adapters[ref.name] = self._merge(ref, old)
+            return
         if old is not None:
             self.llm.llm_engine.remove_lora(old.lora_id)
         try:
@@ -278,9 +291,10 @@ class VLLMEngine:
         """Refuse ``ref`` if LoRA is off, its name would exceed ``max_loras``, or it is not newer."""
         if not self.config.enable_lora:
             raise AdapterRejected(f"adapter {ref.name} v{ref.version}: LoRA is disabled in EngineConfig")
-        if old is None and len(self._adapters) >= self.config.max_loras:
+        limit = 1 if self.loads_in_place else self.config.max_loras
+        if old is None and len(self._adapters) >= limit:
             raise AdapterRejected(
-                f"adapter {ref.name}: already serving max_loras={self.config.max_loras} names {sorted(self._adapters)}"
+                f"adapter {ref.name}: already serving {limit} names {sorted(self._adapters)} (max_loras, or 1 merged)"
             )
         if old is not None and ref.version <= old.version:
             raise AdapterRejected(f"adapter {ref.name}: version {ref.version} is not newer than {old.version}")
@@ -317,6 +331,40 @@ class VLLMEngine:
             self.llm.apply_model(repack_cpu_vocab_heads)
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_prefix_cache()
+        if self.loads_in_place:  # the new base is what later merges start from (read from weights_dir)
+            self._base = BaseWeights(weights_dir)
         for s in self._adapters.values():
-            self.llm.llm_engine.add_lora(s.request)
+            if self.loads_in_place:
+                self._reload_in_place(merged_tensors(self._base, s.path))
+            else:
+                self.llm.llm_engine.add_lora(s.request)
         self.base_version = version
+
+    # ---- merged serving (EngineConfig.serve = "merged") ------------------------------------------
+
+    def _merge(self, ref: AdapterRef, old: ServedAdapter | None) -> ServedAdapter:
+        """Serve ``ref`` merged into the base weights (:func:`rollout.engine.merged.merged_tensors`).
+
+        The merge is computed before the engine changes, so a bad adapter leaves it untouched. If
+        vLLM fails midway, the touched layers get the base back, then ``old``'s merge, and
+        AdapterRejected is raised (the previous version keeps serving, as with LoRA).
+        """
+        weights = merged_tensors(self._base, ref.path)
+        try:
+            self._reload_in_place(weights)
+        except Exception as e:  # vLLM raises assorted types from its loaders
+            self._reload_in_place([(n, self._base.tensor(n)) for n, _ in weights])
+            if old is not None:
+                self._reload_in_place(merged_tensors(self._base, old.path))
+            raise AdapterRejected(f"{ref.name}-v{ref.version}: vLLM failed to load the merged weights: {e}") from e
+        return ServedAdapter(ref.version, 0, None, ref.path)
+
+    def _reload_in_place(self, weights: list[tuple[str, Any]]) -> None:
+        """Load checkpoint-named tensors into the running model through vLLM's in-place reload (it
+        maps names, stacks fused shards and re-packs the CPU GEMM weights of the layers it loads),
+        then drop the caches computed with the old weights (encoder: "Encoder cache miss" otherwise;
+        prefix KV). In-process only: tensors do not pass ``collective_rpc`` across processes."""
+        with quiet_partial_reload():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_prefix_cache()
