@@ -80,12 +80,23 @@ class HFGenerator:
         return sum(generated_length(row[width:].tolist(), set(self.stop_ids)) for row in out)
 
 
-def _recipe(cfg: BenchSettings, model: str, work: Path) -> Any:
+def _recipe(cfg: BenchSettings, model: str, work: Path, serve: str = "auto") -> Any:
     from cluster.config import load_recipe
 
     r = cfg.rollout
     e2e = E2ESettings(model=model, tasks_per_step=r.prompts, group_size=r.group_size, max_tokens=r.max_tokens)
-    return load_recipe(None, recipe_overrides(e2e, "bench-rollout", work, 1) + ("roles.policy.engine.max_model_len=512",))
+    return load_recipe(None, recipe_overrides(e2e, "bench-rollout", work, 1)
+                       + ("roles.policy.engine.max_model_len=512", f'roles.policy.engine.serve="{serve}"'))
+
+
+def _worker(recipe: Any, adapter: Path) -> Any:
+    """The run's rollout worker for ``recipe``, serving ``adapter`` as version 1."""
+    from cluster.rollout_factory import RolloutWorkerFactory
+    from rollout.engine.base import AdapterRef
+
+    worker = RolloutWorkerFactory(recipe.model_dump_json(), {r: str(d) for r, d in model_dirs(recipe).items()})()
+    worker.load_adapter(AdapterRef("policy", 1, str(adapter)))
+    return worker
 
 
 def _adapter(model: Any, recipe: Any, out: Path) -> Any:
@@ -117,25 +128,24 @@ def measure(cfg: BenchSettings, model: str, work: Path) -> dict[str, list[Side]]
     (sampled tokens, seconds)); the systems' calls interleaved, warm-up calls left out."""
     from transformers import AutoProcessor, AutoTokenizer
 
-    from cluster.rollout_factory import RolloutWorkerFactory
     from cluster.run import load_items
     from deploy.bench.trl_baseline import load_model
-    from rollout.engine.base import AdapterRef
     from rollout.engine.vllm_engine import VISION_TOKENS
 
     r, recipe = cfg.rollout, _recipe(cfg, model, work)
     tasks = load_items(recipe, _Quiet())[0][: r.prompts]
     text, model_dir = all(t.image is None for t in tasks), MODELS_DIR / model
     peft_model = _adapter(load_model(model_dir, text)[0], recipe, work / f"adapter-{model}")
-    worker = RolloutWorkerFactory(recipe.model_dump_json(), {r: str(d) for r, d in model_dirs(recipe).items()})()
-    worker.load_adapter(AdapterRef("policy", 1, str(work / f"adapter-{model}")))
-    engine = worker.engines["policy"]
+    worker = _worker(recipe, work / f"adapter-{model}")  # serve "auto": as a run serves it
+    merged = worker.engines["policy"].loads_in_place
+    other = _worker(_recipe(cfg, model, work, "lora" if merged else "merged"), work / f"adapter-{model}")
+    engine = (other if merged else worker).engines["policy"]  # the LoRA engine also serves the base model
     vocab = engine.tokenizer.get_vocab()
     hf = HFGenerator(peft_model, (AutoTokenizer if text else AutoProcessor).from_pretrained(model_dir),
                      engine.stop_token_ids, [vocab[t] for t in VISION_TOKENS if t in vocab])
     inputs: list[dict[str, Any]] = []
 
-    def worker_call(call: int) -> tuple[int, float]:
+    def worker_call(call: int, worker: Any = worker) -> tuple[int, float]:
         t0 = time.perf_counter()
         batch, stats = worker.rollout(tasks, {"policy": 1}, step=call)
         took = time.perf_counter() - t0
@@ -153,14 +163,17 @@ def measure(cfg: BenchSettings, model: str, work: Path) -> dict[str, list[Side]]
         groups = engine.generate(base_requests(engine, tasks, recipe, call))
         return sum(len(c.output_ids) for g in groups for c in g), time.perf_counter() - t0
 
-    systems = dict(zip(SYSTEMS, (worker_call, hf_call, base_call)))
+    modes = (MERGED, WORKER) if merged else (WORKER, MERGED)  # the recipe's own mode first
+    systems = {modes[0]: worker_call, modes[1]: lambda call: worker_call(call, other), HF: hf_call, BASE: base_call}
     reps = interleave(r.warmup_calls + r.calls, list(systems.items()), load_average)[r.warmup_calls:]
     return {name: column(reps, name) for name in systems}
 
 
 WORKER, HF, BASE = ("duet-rl rollout worker (vLLM + LoRA)", "transformers generate() (+ PEFT LoRA)",
                     "reference: vLLM engine, base weights, no LoRA")
-SYSTEMS = (WORKER, HF, BASE)
+MERGED = "duet-rl rollout worker (vLLM, adapter merged)"
+"""The worker with ``engine.serve = "merged"`` (the adapter merged into the base weights)."""
+SYSTEMS = (WORKER, MERGED, HF, BASE)
 """The systems measured per model, each call in this order. The rollout worker's serving modes are
 the names other than :data:`HF` and :data:`BASE` (each gets a ratio against transformers); the
 first is the worker as the recipe configures it, whose ratio is held against the target."""
@@ -207,7 +220,10 @@ def section(cfg: BenchSettings, results: dict[str, dict[str, list[Side]]], threa
                "The worker's figure is the whole `RolloutWorker.rollout` call (prompt building, vLLM with "
                "per-token log-probs, reward, episode records); transformers' is `generate()` alone, no log-probs.",
                "The reference row is the same engine and requests without the adapter: the gap to the worker's "
-               "row is what serving the adapter costs."),
+               "row is what serving the adapter costs.",
+               "The merged row is the same worker with `engine.serve = \"merged\"` (the adapter merged into the base "
+               "weights and reloaded in place at each sync, no LoRA kernels); a run's worker serves as its first "
+               "worker row (`serve = \"auto\"`: merged on CPU for an engine serving one adapter)."),
         data={m: {name: [[*c.result, list(c.load_start)] for c in calls] for name, calls in by.items()}
               | {"ratios": {k: v for k, v in ratios.items() if k.startswith(m + "/")}} for m, by in results.items()})
 
