@@ -36,6 +36,8 @@ TITLES = {"e2e": "1a. End-to-end GRPO, tiny VLM", "e2e-smollm2": "1b. End-to-end
           "rollout": "2. Rollout throughput", "sync": "3. Weight sync", "overlap": "4. Async overlap",
           "memory": "5. Memory", "profile": "6. Step profile", "system": "1a, 4, 5, 6: duet-rl tiny-VLM runs",
           "smollm2": "1b, 6: SmolLM2-135M runs"}
+COVERS = {"system": ("e2e", "overlap", "memory", "profile"), "smollm2": ("e2e-smollm2",)}
+"""The public benchmarks a combined unit's sections belong to (a failed unit fails each of them)."""
 CHILD_TIMEOUT_S = 1500
 
 
@@ -110,9 +112,10 @@ def run_child(name: str, quick: bool, work: Path) -> list[Section]:
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return [failed(name, TITLES[name], f"timed out after {CHILD_TIMEOUT_S} s")]
+        return [failed(n, TITLES[n], f"timed out after {CHILD_TIMEOUT_S} s") for n in COVERS.get(name, (name,))]
     if proc.returncode != 0 or not out.is_file():
-        return [failed(name, TITLES[name], proc.stderr[-4000:] or f"exit status {proc.returncode}")]
+        error = proc.stderr[-4000:] or f"exit status {proc.returncode}"
+        return [failed(n, TITLES[n], error) for n in COVERS.get(name, (name,))]
     return [Section.from_dict(d) for d in json.loads(out.read_text())]
 
 
