@@ -29,6 +29,11 @@ from cluster.metrics import DuetMetrics, RaySink
 from cluster.weight_sync import AdapterHost, Probe, SyncAck, SyncFailure, SyncSite, WeightSyncService
 from rollout.adapter_artifact import AdapterArtifact
 
+SYNC_GROUP = "sync"
+"""The rollout-worker actor's concurrency group of syncs: a sync is taken while a rollout runs (the
+default group) and its load and probe join the rollout's batch (:mod:`rollout.engine.engine_loop`)
+instead of waiting for it; one sync at a time, and rollouts one at a time, as before."""
+
 NODE_PLACEHOLDER = "{node}"
 """Replaced in ``adapter_root`` by the first 12 hex digits of the node id (one directory per node
 when the root is on a file system shared by several nodes)."""
@@ -53,10 +58,12 @@ class RolloutWorkerHost:
         """Held-out evaluation (workers built by :mod:`cluster.rollout_factory` have it)."""
         return self.worker.evaluate(*args, **kwargs)
 
+    @ray.method(concurrency_group=SYNC_GROUP)
     def sync_adapter(self, artifact: AdapterArtifact, probe: Probe) -> SyncAck:
         """Ray resolves ``artifact`` from the node's object store (fetched once per node)."""
         return self.adapters.sync_adapter(artifact, probe)
 
+    @ray.method(concurrency_group=SYNC_GROUP)
     def adapter_versions(self) -> dict[str, int]:
         return dict(self.worker.adapter_versions())
 
@@ -108,8 +115,8 @@ class RayTransport:
 
 def rollout_worker_actor(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = -1):
     """The rollout-worker actor class (``.options(scheduling_strategy=...).remote(factory, id, root)``)."""
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
-                      max_task_retries=0)(RolloutWorkerHost)
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0,
+                      concurrency_groups={SYNC_GROUP: 1})(RolloutWorkerHost)
 
 
 def start_sync_service(probe: Probe, tolerance: float = 1e-4, timeout_s: float = 120.0,

@@ -16,11 +16,12 @@ What it does with vLLM, and why (facts from stack.md and vllm 0.32 sources):
   learner re-scores exactly what the model saw. A prompt passed in already expanded would be
   expanded again (N pads -> N + N-1 tokens), so runs of pads are collapsed to one first.
 * LoRA: every adapter version gets a fresh integer id (re-using an id after overwriting the
-  directory silently serves the old cached weights); the old id is removed and the new one loaded
-  with ``add_lora`` before the next request (requests always carry the current version's request,
-  so no version is served after its successor is loaded). Adapters are checked first
-  (:func:`rollout.engine.adapters.check_adapter`): an over-rank adapter kills or hangs vLLM. vLLM
-  gets one LoRA slot more than ``max_loras``, always empty, to dodge a CPU bug that applied the
+  directory silently serves the old cached weights); the new one is loaded with ``add_lora``
+  before the next request is added, the old id removed once no request in flight uses it (they
+  finish on it; :mod:`rollout.engine.engine_loop`: a sync joins a rollout in flight), so each
+  reports the version that generated it and none added after a load uses the old one. Adapters
+  are checked first (:func:`rollout.engine.adapters.check_adapter`): an over-rank adapter kills
+  or hangs vLLM. vLLM gets one LoRA slot more than ``max_loras``, always empty, to dodge a CPU bug that applied the
   last slot's adapter to base-model requests (``config.SPARE_LORA_SLOTS``).
 * Log-probs: ``logprobs=0`` returns only the sampled token's log-prob; raw (pre-temperature) unless
   ``EngineConfig.logprobs_mode`` says "processed_logprobs".
@@ -46,6 +47,7 @@ from typing import Any, Mapping, Sequence
 from rollout.engine.adapters import base_linear_modules, check_adapter
 from rollout.engine.base import AdapterRef, AdapterRejected, Completion, Request, Sampling
 from rollout.engine.config import EngineConfig, llm_kwargs, serve_mode, vllm_environment
+from rollout.engine.engine_loop import EngineLoop, LoraSwap, vllm_enqueue, vllm_finished
 from rollout.engine.merged import BaseWeights, merged_tensors, quiet_partial_reload
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -127,7 +129,8 @@ def decode_image(data: bytes) -> Any:
 class VLLMEngine:
     """Implements :class:`rollout.engine.base.Engine` on ``vllm.LLM`` (one base model, many adapters).
 
-    Not thread-safe: one caller at a time (a rollout worker actor owns one engine).
+    Every use of vLLM goes through :attr:`loop` (:mod:`rollout.engine.engine_loop`), so threads may
+    share the engine: a sync's load and probe join a rollout in flight instead of waiting for it.
     """
 
     def __init__(self, model_dir: str | Path, config: EngineConfig = EngineConfig()) -> None:
@@ -165,6 +168,10 @@ class VLLMEngine:
         """Merged serving (``EngineConfig.serve``): a load rewrites the weights in place, so it must
         not overlap a generate or score on this engine."""
         self._base = BaseWeights(model_dir) if self.loads_in_place else None
+        self.loop = EngineLoop(lambda: vllm_finished(self.llm))
+        """Drives vLLM for every caller; a job from another thread joins the batch in flight."""
+        self._swap = LoraSwap(self.llm.llm_engine, self.loop, config.max_loras)
+        self._swap.active = lambda: list(self._adapters.values())
 
     # ---- generation ----------------------------------------------------------------------------
 
@@ -174,10 +181,8 @@ class VLLMEngine:
             return []
         prompts = [self._prompt(r) for r in requests]
         params = [self._sampling_params(r.sampling) for r in requests]
-        served = [self._served(r.adapter) for r in requests]
-        loras = [s.request if s else None for s in served]
         t0 = time.perf_counter()
-        outputs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
+        served, outputs = self.loop.submit(lambda: self._enqueue(prompts, params, [r.adapter for r in requests]))
         latency = time.perf_counter() - t0
         versions = [s.version if s else self.base_version for s in served]
         return [
@@ -196,12 +201,17 @@ class VLLMEngine:
             raise ValueError("score: prompt_ids must be non-empty (the first token has no log-prob)")
         ids = list(prompt_ids) + list(target_ids)
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        served = self._served(adapter)
-        (out,) = self.llm.generate(
-            [{"prompt_token_ids": ids}], params, lora_request=[served.request if served else None], use_tqdm=False
-        )
+        _, (out,) = self.loop.submit(lambda: self._enqueue([{"prompt_token_ids": ids}], [params], [adapter]))
         steps = out.prompt_logprobs
         return [steps[i][ids[i]].logprob for i in range(len(prompt_ids), len(ids))]
+
+    def _enqueue(self, prompts: list[Any], params: list[Any],
+                 adapters: Sequence[str | None]) -> tuple[list[ServedAdapter | None], dict[str, Any]]:
+        """Add requests for ``adapters``' current versions (a job's start, run by the loop's driver, so
+        each request is bound to the version it reports); returns (those versions, request id -> LoRA id)."""
+        served = [self._served(a) for a in adapters]
+        ids = vllm_enqueue(self.llm, prompts, params, [s.request if s else None for s in served])
+        return served, dict(zip(ids, (s.lora_id if s else None for s in served)))
 
     def _prompt(self, req: Request) -> dict[str, Any]:
         """vLLM token prompt: ids with one pad per image, plus the decoded images."""
@@ -263,29 +273,28 @@ class VLLMEngine:
         return set() if self.loads_in_place else set(self.llm.llm_engine.list_loras())
 
     def load_adapter(self, ref: AdapterRef) -> None:
-        """Check ``ref``, drop the old version's id, load ``ref`` under a fresh id and serve it.
+        """Check ``ref``, load it under a fresh id and serve it; the old version's id is retired.
 
-        The old id is removed BEFORE the new one is added so at most ``max_loras`` adapters are ever
-        active and vLLM's spare last slot stays empty (see ``config.SPARE_LORA_SLOTS``); generation
-        is synchronous, so no request runs in between. If vLLM then refuses the new adapter, the
-        old one is added back. Raises AdapterRejected (LoRA disabled, too many names, version not
-        newer, failed checks, vLLM refusal); the previous version then keeps serving.
+        Runs between two engine steps (:attr:`loop`), also while a rollout is in flight: requests
+        already added keep the old id and finish on it; it is removed after its last one
+        (:class:`rollout.engine.engine_loop.LoraSwap`), at once when none uses it. At most
+        ``max_loras`` ids are ever active, so vLLM's spare last slot stays empty (see
+        ``config.SPARE_LORA_SLOTS``): a load that needs one more waits until one drains. If vLLM
+        refuses the new adapter, the old one serves on. Merged weights (``loads_in_place``) are
+        loaded between request batches: when no request is in flight. Raises AdapterRejected (LoRA
+        disabled, too many names, version not newer, failed checks, vLLM refusal); the previous
+        version then keeps serving.
         """
         old = self._adapters.get(ref.name)
         self._check_slot(ref, old)
         check_adapter(ref.path, self.config.max_lora_rank, self._base_modules, ref.sha256,
                       self.config.enable_tower_connector_lora)
-        if self.loads_in_place:
-            self._adapters[ref.name] = self._merge(ref, old)
+        if self.loads_in_place:  # rewrites the weights in-flight requests use: at the next request batch
+            self.loop.run(lambda: self._adapters.update({ref.name: self._merge(ref, old)}), when=self.loop.idle)
             return
-        if old is not None:
-            self.llm.llm_engine.remove_lora(old.lora_id)
-        try:
-            self._adapters[ref.name] = self._register(f"{ref.name}-v{ref.version}", ref.version, ref.path)
-        except AdapterRejected:
-            if old is not None:
-                self.llm.llm_engine.add_lora(old.request)
-            raise
+        register = lambda: self._register(f"{ref.name}-v{ref.version}", ref.version, ref.path)  # noqa: E731
+        swap = lambda: self._adapters.update({ref.name: self._swap.swap(old, register)})  # noqa: E731
+        self.loop.run(swap, when=lambda: self._swap.slot_free(old))
 
     def _check_slot(self, ref: AdapterRef, old: ServedAdapter | None) -> None:
         """Refuse ``ref`` if LoRA is off, its name would exceed ``max_loras``, or it is not newer."""
@@ -324,6 +333,8 @@ class VLLMEngine:
         cache miss", stack.md) and the prefix cache (KV computed with the old weights); re-adds the
         served adapters, which vLLM's ``reload_weights`` drops (``reset_lora_state``).
         """
+        if not self.loop.driving():  # rewrites the weights in-flight requests use: between request batches
+            return self.loop.run(lambda: self.reload_weights(weights_dir, version), when=self.loop.idle)
         if version <= self.base_version:
             raise ValueError(f"reload_weights: version {version} is not newer than {self.base_version}")
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(weights_dir)})
