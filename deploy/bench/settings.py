@@ -122,10 +122,11 @@ class OverlapSettings:
 
 
 TEXT_E2E = E2ESettings(model=TEXT_MODEL, label="SmolLM2-135M", tasks_per_step=2, group_size=4, warmup_steps=1,
-                       steps=2, trl_threads=(2,))
-"""8 samples per step: a step of either system on 135M parameters takes seconds (tens of seconds at 32
-samples), and the suite must finish in 25 minutes on 2 cores. TRL on 2 threads only: on a
-compute-bound model 1 thread is the slower choice (measure it with ``trl_threads=(1, 2)``)."""
+                       steps=1, trl_threads=(2,))
+"""8 samples per step, one warm-up and one measured step per repetition: a TRL step on 135M
+parameters took 18 s at 2 samples on a loaded machine here (tens of seconds at 8), and the suite
+must finish in 25 minutes on 2 cores; raise ``steps`` where time allows. TRL on 2 threads only: on
+a compute-bound model 1 thread is the slower choice (measure it with ``trl_threads=(1, 2)``)."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from cluster.actors import RolloutWorkerHost
+from cluster.actors import SYNC_GROUP, RolloutWorkerHost
 from deploy.bench.report import Check, Section
 from deploy.bench.machine import load_average
 from deploy.bench.repeat import load_cell
@@ -89,7 +89,7 @@ def start_workers(recipe: Any, work: Path, count: int) -> dict[str, Any]:
 
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
     factory = RolloutWorkerFactory(recipe.model_dump_json(), {r: str(d) for r, d in model_dirs(recipe).items()})
-    actor = ray.remote(num_cpus=0.5, max_restarts=0)(BenchWorkerHost)
+    actor = ray.remote(num_cpus=0.5, max_restarts=0, concurrency_groups={SYNC_GROUP: 1})(BenchWorkerHost)
     workers = {f"rollout-{i}": actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[i % 2], soft=False))
                .remote(factory, f"rollout-{i}", str(work / "adapters" / "{node}")) for i in range(count)}
     wait_alive(list(workers.values()), timeout_s=900)
