@@ -179,7 +179,10 @@ _SMALL_VISION = VisionPreset(embed_dim=64, depth=4, num_heads=4, mlp_dim=256)
 _PRETRAIN_MIX = (("numberline", 56, 3.0), ("numberline", 112, 1.0), ("numberline_jitter", 56, 2.0),
                  ("blackjack", 112, 1.5), ("ezpoints", 112, 1.5), ("shapes", 56, 1.0))
 """What the pretrained tiny VLM reads: NumberLine at the recipe's 56 px (and 112), jittered digits,
-cards at 112 px (16 image tokens: ranks are unreadable at 56), easy-VQA-like shapes."""
+cards at 112 px (16 image tokens: ranks are unreadable at 56), easy-VQA-like shapes. Measured
+(800 steps, build 252 s on the 2-core machine): greedy read-out exact on every NumberLine state
+100% at 56 and 112 px; fresh jittered digits 4% exact (83% of tokens), Blackjack 0% (85% of
+tokens), EZPoints 48%, shapes 54%: off-grid digits and cards need a longer budget."""
 
 PRESETS: dict[str, VlmPreset | TextLmPreset | GgufPreset | PretrainPreset] = {
     "tiny-qwen2-vl": VlmPreset("qwen2_vl", _TINY_TEXT, _TINY_VISION),
