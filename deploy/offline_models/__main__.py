@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from deploy.offline_models.builder import MODEL_NAMES, BuildResult, ensure
+from deploy.offline_models.builder import DEFAULT_NAMES, MODEL_NAMES, ON_REQUEST, BuildResult, ensure
 
 
 def _line(r: BuildResult) -> str:
@@ -34,12 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     cmd = sub.add_parser("build", help="build or reuse the built-in models")
     cmd.add_argument("--out", required=True, help="directory holding one sub-directory per model")
     cmd.add_argument("--only", nargs="+", choices=MODEL_NAMES, metavar="NAME",
-                     help=f"build only these (default: all of {', '.join(MODEL_NAMES)})")
+                     help=f"build only these (default: {', '.join(DEFAULT_NAMES)}; "
+                          f"{', '.join(ON_REQUEST)} only when named: minutes on a CPU)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
-    for name in args.only or MODEL_NAMES:
+    for name in args.only or DEFAULT_NAMES:
         with _building(name):
             result = ensure(name, args.out)
         print(_line(result), flush=True)

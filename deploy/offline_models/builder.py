@@ -26,6 +26,11 @@ from deploy.offline_models.presets import (
 )
 
 MODEL_NAMES: tuple[str, ...] = tuple(PRESETS)
+ON_REQUEST: tuple[str, ...] = tuple(n for n, p in PRESETS.items() if isinstance(p, PretrainPreset))
+"""Models that take minutes to build (pretrained here on CPU): built only when named (``--only``,
+:func:`ensure`), not by set-up's default build, so a first ``deploy/train.sh`` does not wait for them."""
+DEFAULT_NAMES: tuple[str, ...] = tuple(n for n in MODEL_NAMES if n not in ON_REQUEST)
+"""What :func:`build_all` and ``python -m deploy.offline_models build`` build by default (seconds)."""
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -167,8 +172,8 @@ def build(name: str, out_dir: Path | str) -> Path:
 
 
 def build_all(out_dir: Path | str, names: Iterable[str] | None = None) -> dict[str, Path]:
-    """Every built-in model (or ``names``) under ``out_dir``: ``{name: directory}``."""
-    return {name: build(name, out_dir) for name in (MODEL_NAMES if names is None else names)}
+    """The default built-in models (:data:`DEFAULT_NAMES`, or ``names``) under ``out_dir``: ``{name: directory}``."""
+    return {name: build(name, out_dir) for name in (DEFAULT_NAMES if names is None else names)}
 
 
 def resolve_model(ref: str | Path, models_dir: Path | str) -> Path:
