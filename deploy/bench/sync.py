@@ -225,7 +225,9 @@ def run(cfg: BenchSettings, work: Path) -> list[Section]:
 
     s = cfg.sync
     recipe = load_recipe(None, recipe_overrides(cfg.e2e, "bench-sync", work, 1)
-                         + (f"roles.policy.engine.kv_cache_gib={s.kv_cache_gib}",))
+                         + (f"roles.policy.engine.kv_cache_gib={s.kv_cache_gib}", 'roles.policy.engine.serve="lora"'))
+    # LoRA serving: the full-reload side scores the probe on the base weights, which a merged-serving
+    # engine no longer serves; merged serving's syncs are measured in the e2e and overlap runs.
     model_dir = MODELS_DIR / MODEL
     files = {name: (model_dir / name).read_bytes() for name in ("config.json", "model.safetensors")}
     cluster = start_cluster()
