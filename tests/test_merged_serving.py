@@ -111,5 +111,5 @@ def test_merged_engine_refuses_the_base_model_and_old_versions(engines, tmp_path
         merged.score([20, 21], [22], None)
     with pytest.raises(AdapterRejected, match="not newer"):
         merged.load_adapter(AdapterRef("policy", 2, "/nonexistent"))
-    with pytest.raises(AdapterRejected, match="already serving 1 names"):
+    with pytest.raises(AdapterRejected, match=r"already serving \[.*\] \(merged serving holds 1\)"):
         merged.load_adapter(AdapterRef("observer", 1, "/nonexistent"))

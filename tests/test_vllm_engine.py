@@ -245,7 +245,7 @@ def test_bad_adapter_is_refused_and_old_version_keeps_serving(engine, adapters, 
 def test_two_adapters_at_once_serve_their_own_weights(engine, adapters) -> None:
     engine.load_adapter(AdapterRef("observer", 1, str(adapters["obs"])))
     assert engine.adapter_versions() == {"policy": 2, "observer": 1}
-    with pytest.raises(AdapterRejected, match="already serving max_loras=2"):
+    with pytest.raises(AdapterRejected, match=r"already serving \['observer', 'policy'\] \(max_loras=2\)"):
         engine.load_adapter(AdapterRef("third", 1, str(adapters["obs"])))
     prompt = tuple(ChatFormat(engine.tokenizer).prompt(None, "Same prompt for all."))
     # Same seed for all three: differences come from the weights alone. (Greedy decoding of a

@@ -302,9 +302,8 @@ class VLLMEngine:
             raise AdapterRejected(f"adapter {ref.name} v{ref.version}: LoRA is disabled in EngineConfig")
         limit = 1 if self.loads_in_place else self.config.max_loras
         if old is None and len(self._adapters) >= limit:
-            raise AdapterRejected(
-                f"adapter {ref.name}: already serving {limit} names {sorted(self._adapters)} (max_loras, or 1 merged)"
-            )
+            held = "merged serving holds 1" if self.loads_in_place else f"max_loras={limit}"
+            raise AdapterRejected(f"adapter {ref.name}: already serving {sorted(self._adapters)} ({held})")
         if old is not None and ref.version <= old.version:
             raise AdapterRejected(f"adapter {ref.name}: version {ref.version} is not newer than {old.version}")
 
