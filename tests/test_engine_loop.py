@@ -168,6 +168,32 @@ def test_an_engine_failure_fails_every_job_in_flight(fake):
     assert loop.idle() and not loop.in_flight("v1")
 
 
+def test_after_an_engine_failure_the_failed_requests_are_aborted_and_a_later_job_runs(fake):
+    aborted: list[list[str]] = []
+
+    def abort(ids):
+        aborted.append(sorted(ids))
+        for rid in ids:
+            fake.left.pop(rid, None)
+
+    loop = EngineLoop(fake.step, abort=abort)
+    fake.fail_at = 2
+    with pytest.raises(RuntimeError, match="engine died"):
+        loop.submit(lambda: (fake.add(a=4, b=5), {"a": "v1", "b": "v1"}))
+    assert aborted == [["a", "b"]] and fake.left == {} and loop.idle() and not loop.in_flight("v1")
+    # hand-worked: the engine has done 2 steps; "c" needs 2 more and finishes at step 4, alone
+    assert loop.submit(lambda: (fake.add(c=2), {"c": "v2"})) == (None, ["out-c@4"])
+
+
+def test_a_request_the_engine_finishes_after_its_job_failed_is_ignored(fake):
+    loop = EngineLoop(fake.step)  # no abort: the failed job's "a" stays in the engine
+    fake.fail_at = 1
+    with pytest.raises(RuntimeError, match="engine died"):
+        loop.submit(lambda: (fake.add(a=2), {"a": "v1"}))
+    # steps 2 and 3: "a" finishes at step 2 (nobody waits for it), "c" at step 3
+    assert loop.submit(lambda: (fake.add(c=2), {"c": "v2"})) == (None, ["out-c@3"])
+
+
 def test_submit_from_inside_a_job_is_refused(fake):
     loop = EngineLoop(fake.step)
     with pytest.raises(RuntimeError, match="re-entrant"):

@@ -58,8 +58,10 @@ class _Job:
 class EngineLoop:
     """Serializes every use of one engine while letting jobs join the batch in flight (see module)."""
 
-    def __init__(self, step: Step) -> None:
+    def __init__(self, step: Step, abort: Callable[[list[str]], None] | None = None) -> None:
         self._step = step
+        self._abort = abort
+        """Drops requests from the engine (``llm_engine.abort_request``): those of a failed job."""
         self._cv = threading.Condition()
         self._queue: list[_Job] = []
         """Submitted, not started (in submission order)."""
@@ -146,8 +148,10 @@ class EngineLoop:
                 job = self._queue.pop(0)
             try:
                 job.value, tags = job.start()
-            except Exception as e:  # the job's own failure (a refused adapter): reported to its caller
+            except BaseException as e:  # the job's own failure (a refused adapter): reported to its caller
                 self._fail([job], e)
+                if not isinstance(e, Exception):
+                    raise
                 continue
             self._track(job, tags)
 
@@ -162,8 +166,8 @@ class EngineLoop:
     def _step_once(self) -> None:
         for rid, output in self._step():
             job = self._owner.pop(rid, None)
-            if job is None:
-                raise RuntimeError(f"EngineLoop: the engine finished request {rid!r}, which no job added")
+            if job is None:  # a failed job's request the engine had not dropped yet: nobody waits for it
+                continue
             self._tag_counts[self._tags.pop(rid)] -= 1
             job.outputs[rid] = output
             if len(job.outputs) == len(job.ids):
@@ -177,12 +181,21 @@ class EngineLoop:
             self._cv.notify_all()
 
     def _fail(self, jobs: Sequence[_Job], error: BaseException) -> None:
+        """Report ``error`` to ``jobs`` and drop their requests still in flight from the engine, so
+        that they neither finish into later jobs' batches nor hold what those wait for."""
+        dropped = []
         for job in jobs:
             for rid in job.ids:
                 if self._owner.pop(rid, None) is not None:
                     self._tag_counts[self._tags.pop(rid)] -= 1
+                    dropped.append(rid)
             job.error = error
             self._finish(job)
+        if dropped and self._abort is not None:
+            try:
+                self._abort(dropped)
+            except Exception:  # the engine itself is broken: the failure reported above stands
+                pass
 
 
 # ---- the vLLM binding (duck-typed on ``vllm.LLM``: no vllm import here) -------------------------
@@ -221,6 +234,7 @@ class LoraSwap:
 
     def slot_free(self, old: Any | None) -> bool:
         """Whether a new id fits beside the active ones (``old``: the version it replaces, or None)."""
+        self.drop_drained()  # ids drained by a failed job's requests (no step ran after them)
         freed = old is not None and not self.loop.in_flight(old.lora_id)
         return len(self.active()) + len(self.retired) - freed + 1 <= self.max_loras
 

@@ -168,7 +168,9 @@ class VLLMEngine:
         """Merged serving (``EngineConfig.serve``): a load rewrites the weights in place, so it must
         not overlap a generate or score on this engine."""
         self._base = BaseWeights(model_dir) if self.loads_in_place else None
-        self.loop = EngineLoop(lambda: vllm_finished(self.llm))
+        self._broken = ""
+        """Set when a failed merged load could not be undone: the weights are unknown, nothing is served."""
+        self.loop = EngineLoop(lambda: vllm_finished(self.llm), abort=lambda ids: self.llm.llm_engine.abort_request(ids))
         """Drives vLLM for every caller; a job from another thread joins the batch in flight."""
         self._swap = LoraSwap(self.llm.llm_engine, self.loop, config.max_loras)
         self._swap.active = lambda: list(self._adapters.values())
@@ -256,6 +258,8 @@ class VLLMEngine:
     # ---- adapters ------------------------------------------------------------------------------
 
     def _served(self, name: str | None) -> ServedAdapter | None:
+        if self._broken:
+            raise RuntimeError(self._broken)
         if name is None:
             if self.loads_in_place and self._adapters:
                 raise ValueError(f"this engine serves adapter {sorted(self._adapters)} merged into its weights "
@@ -266,7 +270,7 @@ class VLLMEngine:
         return self._adapters[name]
 
     def adapter_versions(self) -> Mapping[str, int]:
-        return {name: s.version for name, s in self._adapters.items()}
+        return {name: s.version for name, s in self._adapters.items()}  # replaced whole, never updated
 
     def loaded_lora_ids(self) -> set[int]:
         """vLLM's integer ids of the adapters its worker holds (for tests and diagnostics)."""
@@ -289,11 +293,13 @@ class VLLMEngine:
         self._check_slot(ref, old)
         check_adapter(ref.path, self.config.max_lora_rank, self._base_modules, ref.sha256,
                       self.config.enable_tower_connector_lora)
-        if self.loads_in_place:  # rewrites the weights in-flight requests use: at the next request batch
-            self.loop.run(lambda: self._adapters.update({ref.name: self._merge(ref, old)}), when=self.loop.idle)
+        if self.loads_in_place:  # merged here, off the engine's thread; applied at the next request batch
+            base, weights = self._base, merged_tensors(self._base, ref.path)
+            apply = lambda: self._serve(ref.name, self._merge(ref, old, weights if self._base is base else None))  # noqa: E731
+            self.loop.run(apply, when=self.loop.idle)
             return
         register = lambda: self._register(f"{ref.name}-v{ref.version}", ref.version, ref.path)  # noqa: E731
-        swap = lambda: self._adapters.update({ref.name: self._swap.swap(old, register)})  # noqa: E731
+        swap = lambda: self._serve(ref.name, self._swap.swap(old, register))  # noqa: E731
         self.loop.run(swap, when=lambda: self._swap.slot_free(old))
 
     def _check_slot(self, ref: AdapterRef, old: ServedAdapter | None) -> None:
@@ -352,20 +358,30 @@ class VLLMEngine:
 
     # ---- merged serving (EngineConfig.serve = "merged") ------------------------------------------
 
-    def _merge(self, ref: AdapterRef, old: ServedAdapter | None) -> ServedAdapter:
+    def _serve(self, name: str, served: ServedAdapter) -> None:
+        """``name`` now served as ``served``: the mapping is replaced, not updated, so that a reader on
+        another thread (:meth:`adapter_versions`) never iterates it while it changes."""
+        self._adapters = {**self._adapters, name: served}
+
+    def _merge(self, ref: AdapterRef, old: ServedAdapter | None, weights: list | None = None) -> ServedAdapter:
         """Serve ``ref`` merged into the base weights (:func:`rollout.engine.merged.merged_tensors`).
 
         The merge is computed before the engine changes, so a bad adapter leaves it untouched. If
         vLLM fails midway, the touched layers get the base back, then ``old``'s merge, and
         AdapterRejected is raised (the previous version keeps serving, as with LoRA).
         """
-        weights = merged_tensors(self._base, ref.path)
+        weights = merged_tensors(self._base, ref.path) if weights is None else weights
         try:
             self._reload_in_place(weights)
         except Exception as e:  # vLLM raises assorted types from its loaders
-            self._reload_in_place([(n, self._base.tensor(n)) for n, _ in weights])
-            if old is not None:
-                self._reload_in_place(merged_tensors(self._base, old.path))
+            try:
+                self._reload_in_place([(n, self._base.tensor(n)) for n, _ in weights])
+                if old is not None:
+                    self._reload_in_place(merged_tensors(self._base, old.path))
+            except Exception as undo:
+                self._broken = (f"engine weights unknown: loading {ref.name}-v{ref.version} merged failed ({e}) "
+                                f"and so did restoring the previous weights ({undo})")
+                raise RuntimeError(self._broken) from undo
             raise AdapterRejected(f"{ref.name}-v{ref.version}: vLLM failed to load the merged weights: {e}") from e
         return ServedAdapter(ref.version, 0, None, ref.path)
 
