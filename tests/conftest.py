@@ -62,13 +62,3 @@ def ray_session(ray_cluster):
 
     return ray
 
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``deploy/test.sh`` with no arguments: ``-n 2 --dist loadgroup``) every
-    e2e test goes to one worker, in file order: each starts a local Ray with a dashboard on Ray's
-    default port, kills processes of its own run, or times its run, so no two of them overlap. The
-    other tiers go a file at a time to whichever worker is free (a module's fixtures, a vLLM engine
-    for instance, are built once)."""
-    for item in items:
-        group = "e2e" if item.get_closest_marker("e2e") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
