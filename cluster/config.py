@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cluster.consistency import gpu_problems
+from cluster.consistency import gpu_problems, serve_problems
 from learner.config import LearnerConfig
 from rollout.config import RoleConfig, RolloutConfig
 from rollout.engine.config import EngineConfig
@@ -329,6 +329,15 @@ class Recipe(_Config):
         problems = gpu_problems(self)
         if problems:
             raise ValueError("GPU settings disagree:\n    - " + "\n    - ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _serve_modes_fit(self) -> Recipe:
+        """``engine.serve = "merged"`` serves one adapter: refused here, before Ray starts, for roles
+        sharing an engine between adapters (:func:`cluster.consistency.serve_problems`)."""
+        problems = serve_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rollout.engine.config import EngineConfig
+from rollout.engine.config import EngineConfig, serve_mode
 
 if TYPE_CHECKING:
     from cluster.config import Recipe
@@ -135,4 +135,24 @@ def _learner_problems(recipe: Recipe) -> list[str]:
         elif gpus == 0 and backend == "nccl":
             problems.append(f"roles.{role}.learner.backend = 'nccl' but cluster.learner_gpus = 0: NCCL needs a GPU "
                             "per rank; use 'gloo' or 'auto', or set cluster.learner_gpus")
+    return problems
+
+
+def serve_problems(recipe: Recipe) -> list[str]:
+    """``roles.<r>.engine.serve = "merged"`` on an engine that its roles share between adapters (or
+    with the base model): merged weights serve one adapter (:func:`rollout.engine.config.serve_mode`).
+    Roles share an engine as :class:`cluster.rollout_factory.RolloutWorkerFactory` builds them."""
+    try:
+        roles = recipe.resolve().roles
+    except KeyError:  # a rollout role without a runtime: reported by the recipe's own check
+        return []
+    groups: dict[tuple[str, str], list] = {}
+    for role in roles:
+        groups.setdefault((role.model, role.engine.model_dump_json()), []).append(role)
+    problems = []
+    for shared in groups.values():
+        try:
+            serve_mode(shared[0].engine, [r.adapter for r in shared])
+        except ValueError as e:
+            problems.append(", ".join(f"roles.{r.name}.engine.serve" for r in shared) + f": {e}")
     return problems

@@ -137,3 +137,18 @@ def test_shipped_recipes_pass(name: str) -> None:
     out = run_cli("check", name)
     assert out.returncode == 0, out.stderr
     assert f'"name": "{name}"' in out.stdout
+
+
+def test_merged_serving_on_an_engine_shared_by_two_adapters_is_refused_at_load() -> None:
+    # Reasoner and Observer on one base model with equal engine configs share one engine: two adapters.
+    shared = {"rollout.kind": "dialogue", "roles.reasoner.learner.role": "reasoner",
+              "roles.observer.learner.role": "observer", "roles.reasoner.model": "builtin:tiny-qwen2-vl"}
+    with pytest.raises(RecipeError) as err:
+        build_recipe(tree(shared, roles__reasoner__engine__serve="merged", roles__observer__engine__serve="merged"))
+    assert ("roles.reasoner.engine.serve, roles.observer.engine.serve: engine.serve = 'merged' serves one adapter, "
+            "but the roles sharing this "
+            "engine use ['observer', 'reasoner']") in str(err.value)
+    build_recipe(tree(shared))  # "auto": LoRA on the shared engine, accepted
+    # two base models, two engines, one adapter each: merged fits
+    build_recipe(tree(shared, roles__reasoner__model="builtin:tiny-text-lm",
+                      roles__reasoner__engine__serve="merged", roles__observer__engine__serve="merged"))
