@@ -61,4 +61,3 @@ def ray_session(ray_cluster):
     import ray
 
     return ray
-
