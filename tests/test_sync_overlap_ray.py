@@ -25,20 +25,11 @@ PROBE = Probe(prompt_ids=tuple(range(20, 40)), target_ids=tuple(range(40, 56)))
 
 
 def make_adapter(model_dir: Path, out: Path, seed: int) -> AdapterArtifact:
-    """A PEFT LoRA (r=8) on the decoder's q/v/up projections with random N(0, 0.5) lora_B."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2VLForConditionalGeneration
+    """A PEFT LoRA (r=8) on the decoder's q/v/up projections with random N(0, 0.5) lora_B
+    (:func:`test_vllm_engine.make_adapter`), as the artifact a learner publishes."""
+    from test_vllm_engine import make_adapter as peft_adapter
 
-    model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
-    torch.manual_seed(seed)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    peft.save_pretrained(out)
+    peft_adapter(model_dir, out, seed)
     files = {f: (out / f).read_bytes() for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
     return AdapterArtifact.build("policy", seed, MODEL, files)
 
