@@ -1,7 +1,8 @@
 """The run report end to end: a real tiny run through ``duet train`` (the ``smoke`` recipe: real
 vLLM worker, real DeepSpeed learner, its own local Ray), which draws ``report/`` at its end; then
 ``duet report RUN_DIR --out artifacts/report_e2e`` through the CLI; then the page loaded in a real
-headless browser (Debian's ``chromium``).
+headless browser (Debian's ``chromium``). The run is the piped one of :mod:`observed_run` (two
+transcripts a step, every tracker on), shared with tests/test_e2e_watching.py.
 
 Checked: the series the report plots equal ``metrics.parquet`` read here; every transcript and its
 images are on the page; in Chromium the screenshot is a real render (thousands of colours, the
@@ -10,7 +11,6 @@ images) loaded with a non-zero natural width. The page, its PNGs and the screens
 ``artifacts/report_e2e/`` (git-ignored) for a person to look at.
 """
 
-import os
 import re
 import shutil
 import subprocess
@@ -20,11 +20,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from observed_run import piped_run
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "report_e2e"
-TINY = ("output.transcripts_per_step=2", "name=report-e2e", "data.eval_size=4")
 CHECK_SCRIPT = """<script>
 window.addEventListener("load", () => {
   const imgs = Array.from(document.images);
@@ -44,9 +45,8 @@ def duet(*args: str, env=None, timeout=900) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, models_dir):
-    run_dir = tmp_path_factory.mktemp("report_e2e") / "run"
-    sets = [x for kv in (*TINY, f"output.dir={run_dir}") for x in ("--set", kv)]
-    train = duet("train", "smoke", *sets, env={**os.environ, "DUET_MODELS": str(models_dir)})
+    run_dir, train = piped_run(tmp_path_factory, models_dir)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     report = duet("report", str(run_dir), "--out", str(ARTIFACTS), timeout=300)
     return run_dir, train, report

@@ -1,10 +1,12 @@
-"""Watching a run, end to end: ``duet train smoke`` as a CLI process on its own local Ray.
+"""Watching a run, end to end: ``duet train smoke`` as a CLI process on its own local Ray (the two
+runs of :mod:`observed_run`, shared with tests/test_e2e_report.py and tests/test_e2e_local_dashboard.py).
 
 1. Through a pipe (a job log, CI) with every tracker selected
    (``--set output.loggers=["console","tensorboard","wandb","mlflow"]``): each tracker's files,
    read back with that library's own reader, equal ``metrics.parquet``; stdout has the step lines
    as before and no progress bar.
-2. Under a real pseudo-terminal, with a 3-step SFT warm start: the SFT and RL-step bars are drawn
+2. Under a real pseudo-terminal, with a 3-step SFT warm start (the dashboard's run: 3 async RL
+   steps, only the first trained, the later batches all stale): the SFT and RL-step bars are drawn
    (step count / total, an ETA) and the same lines are printed above them.
 
 Tracker steps of the smoke run's syncs and evaluations, hand-worked from the rule in
@@ -14,37 +16,25 @@ at 0, step 1's v3 at 1; "after_rl" at 2.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from test_console import plain, run_in_pty
+from observed_run import piped_run, terminal_run
+from test_console import plain
 from test_loggers import check_round_trips, expected_points
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = [("sync/policy", 0), ("eval/base", 0), ("eval/before_rl", 0), ("sync/policy", 0),
           ("sync/policy", 1), ("eval/after_rl", 2)]
 STEP_LINE = re.compile(r"^step +(\d+) \| reward [+-]\d\.\d{3} \| success \d\.\d\d \| policy: loss [+-]\d\.\d{4} "
                        r"ent \d\.\d{3} kl \d\.\d{4} \| sync policy v(\d+) \d+\.\d\ds 1 proven \| \d+\.\ds$")
 
 
-def train_argv(run_dir: Path, *sets: str) -> list[str]:
-    args = [x for kv in (f"output.dir={run_dir}", *sets) for x in ("--set", kv)]
-    return [sys.executable, "-m", "cluster.cli", "train", "smoke", *args]
-
-
 @pytest.fixture(scope="module")
 def piped(tmp_path_factory, models_dir):
-    run_dir = tmp_path_factory.mktemp("watch") / "smoke"
-    out = subprocess.run(train_argv(run_dir, 'output.loggers=["console","tensorboard","wandb","mlflow"]'),
-                         cwd=ROOT, env={**os.environ, "DUET_MODELS": str(models_dir)}, capture_output=True,
-                         text=True, timeout=900)
+    run_dir, out = piped_run(tmp_path_factory, models_dir)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return run_dir, out
 
@@ -66,17 +56,17 @@ def test_piped_output_keeps_the_step_lines_and_draws_no_bar(piped):
     assert "\x1b[" not in out.stdout and "RL steps" not in out.stdout and "ETA" not in out.stdout
 
 
-def test_terminal_run_draws_sft_and_rl_bars_with_eta(tmp_path, models_dir):
-    run_dir = tmp_path / "smoke"
-    rc, raw = run_in_pty(train_argv(run_dir, "train.sft.steps=3", "train.sft.batch_size=4"), timeout=900,
-                         env={"DUET_MODELS": str(models_dir)})
-    text = plain(raw)
-    assert rc == 0, text[-4000:]
+def test_terminal_run_draws_sft_and_rl_bars_with_eta(tmp_path_factory, models_dir):
+    run = terminal_run(tmp_path_factory, models_dir)
+    text = plain(run.raw)
+    assert run.rc == 0, text[-4000:]
     lines = text.splitlines()
-    # a line printed under a live bar follows the bar's last frame once escape codes are stripped
+    # a line printed under a live bar follows the bar's last frame once escape codes are stripped;
+    # step 1 trained (v1 at start, v2 after SFT, v3 after step 1): its line has every figure
     assert "[sft] policy step    3/3 loss " in text, text[-4000:]
-    assert any(STEP_LINE.match(ln[ln.find("step "):]) for ln in lines if "step    2 | reward" in ln)
-    assert re.search(r"SFT policy .*\b3/3\b", text) and re.search(r"RL steps .*\b2/2\b", text)
-    # after RL step 1 of 2 the pace is known: an ETA in H:MM:SS
-    assert re.search(r"RL steps .*\b1/2 \d:\d\d:\d\d ETA \d:\d\d:\d\d", text), text[-4000:]
-    assert (run_dir / "summary.json").is_file()
+    under_bar = [STEP_LINE.match(ln[ln.find("step "):]) for ln in lines if "step    1 | reward" in ln]
+    assert any(m and m.group(2) == "3" for m in under_bar), text[-4000:]
+    assert re.search(r"SFT policy .*\b3/3\b", text) and re.search(r"RL steps .*\b3/3\b", text)
+    # after RL step 1 of 3 the pace is known: an ETA in H:MM:SS
+    assert re.search(r"RL steps .*\b1/3 \d:\d\d:\d\d ETA \d:\d\d:\d\d", text), text[-4000:]
+    assert (run.run_dir / "summary.json").is_file()
