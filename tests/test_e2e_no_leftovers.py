@@ -1,6 +1,7 @@
 """Nothing left behind (issue 14, item 6): a local run's Ray processes are gone after its driver
 exits, however it exits. A real ``duet train smoke`` (local Ray, a vLLM rollout worker, a DeepSpeed
-learner) is stopped once its first step has run, by SIGKILL or by SIGTERM of the driver alone; every
+learner) is stopped once every actor of it is up and has worked (its first held-out evaluation, after
+the first weight sync), by SIGKILL or by SIGTERM of the driver alone; every
 process the run had started (Ray's services, DashboardAgent, RuntimeEnvAgent, the actors' workers,
 the watchdog) is gone within 15 s, and no process names its Ray session any more. The test session's
 own Ray cluster, running all along in this process, is untouched and still answers."""
@@ -31,16 +32,18 @@ def start_run(tmp_path: Path, models_dir: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_first_step(proc: subprocess.Popen, timeout_s: float = 300.0) -> list[str]:
-    """Read the driver's stdout until its first step line (every actor is up and has worked)."""
+def wait_for_first_evaluation(proc: subprocess.Popen, timeout_s: float = 300.0) -> list[str]:
+    """Read the driver's stdout until its first evaluation line: by then every actor the run starts
+    is up and has worked (the learner rank exported the first adapter, the weight-sync service
+    proved it on the rollout worker, the worker generated the base evaluation)."""
     lines, deadline = [], time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        assert line, "the run ended before its first step:\n" + "".join(lines) + proc.stderr.read()[-3000:]
+        assert line, "the run ended before its first evaluation:\n" + "".join(lines) + proc.stderr.read()[-3000:]
         lines.append(line)
-        if line.startswith("step "):
+        if line.startswith("[eval] base"):
             return lines
-    pytest.fail("no step line in time:\n" + "".join(lines))
+    pytest.fail("no evaluation line in time:\n" + "".join(lines))
 
 
 def tree(pid: int) -> dict[int, float]:
@@ -105,7 +108,7 @@ def test_the_run_leaves_no_process_behind(sig, tmp_path, models_dir, session_clu
     before_run = {pid for pid in session_cluster[1] if psutil.pid_exists(pid)}
     proc = start_run(tmp_path, models_dir)
     try:
-        wait_for_first_step(proc)
+        wait_for_first_evaluation(proc)
         started = tree(proc.pid)
         session_dir = session_of(started)
         names = {psutil.Process(pid).name() for pid in started}
