@@ -1,6 +1,7 @@
 """The pretrained tiny VLM (deploy/offline_models/captions.py, pretrain.py): captions state what the
 rendered image shows, the data is deterministic, a tiny-budget build is deterministic and stamped,
-and (integration) vLLM serves the built model and greedily reads NumberLine observations."""
+and (integration) vLLM serves a reduced-budget build as transformers does and greedily reads NumberLine
+observations with the read-out its stamp records."""
 
 from __future__ import annotations
 
@@ -111,10 +112,31 @@ def test_tiny_budget_build_is_deterministic_and_stamped(tmp_path, monkeypatch):
     assert builder.ensure(NAME, tmp_path / "a").built is False
 
 
+PARTIAL = {"steps": 150, "pool": 512, "eval_per_kind": 2}
+"""A reduced budget of the pretrained build (about 45 s of the test's 76 s on the 2-core machine):
+it has learned the caption format but not yet to read -- measured: one reply, "Target: 4, Current: 1",
+to every state, a read-out of 1/30 -- so the serving check sees a hit and misses, not all-right."""
+
+
+def _partial_build(tmp_path, monkeypatch):
+    """The factory path (``builder.ensure``) on the PARTIAL budget, into ``tmp_path`` (never under the
+    real name in the shared models directory)."""
+    from deploy.offline_models import builder
+
+    monkeypatch.setitem(builder.PRESETS, NAME, dataclasses.replace(PRESETS[NAME], **PARTIAL))
+    return builder.ensure(NAME, tmp_path).path
+
+
 @pytest.mark.integration
-def test_vllm_serves_it_and_reads_numberline(models_dir):
-    """The real build: vLLM greedy replies equal transformers' and read the numbers of NumberLine
-    observations (56 px, the numberline_ppo size) with the accuracy the stamp records."""
+def test_vllm_serves_it_and_reads_numberline(tmp_path, monkeypatch):
+    """vLLM serves a pretrained build: on every NumberLine observation at 56 px (the numberline_ppo
+    size) its greedy tokens are transformers' greedy tokens, and its read-out (replies exactly the
+    caption) is the one the build's stamp records, example by example as the teacher-forced check
+    scores them. The build is the PARTIAL budget. The full 800-step build's
+    read-out (100% at 56 px, 252 s on the 2-core machine) is a property of that build, measured by
+    its own stamp (``pretrain.json`` / ``manifest.json`` ``held_out.numberline_56.exact``, printed by
+    ``python -m deploy.offline_models build --only tiny-qwen2-vl-pt``) and by the learning
+    benchmark, not in CI."""
     import os
 
     import torch
@@ -124,11 +146,12 @@ def test_vllm_serves_it_and_reads_numberline(models_dir):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM, SamplingParams
 
-    from deploy.offline_models import builder
-    from deploy.offline_models.builder import read_manifest
-    from deploy.offline_models.pretrain import PROMPT
+    from deploy.offline_models.builder import TOKENIZER, _tokenizer, read_manifest
+    from deploy.offline_models.pretrain import PROMPT, REPORT, encode, score
 
-    path = builder.ensure(NAME, models_dir).path  # built on request (minutes), not by set-up
+    path = _partial_build(tmp_path, monkeypatch)
+    stamp = read_manifest(path)["held_out"]["numberline_56"]
+    assert json.loads((path / REPORT).read_text())["steps"] == PARTIAL["steps"]
     grid = numberline_grid(56)
     prompts = [{"prompt": PROMPT.format(question=ex.question), "multi_modal_data": {"image": Image.fromarray(ex.image)}}
                for ex in grid]
@@ -138,11 +161,17 @@ def test_vllm_serves_it_and_reads_numberline(models_dir):
     del llm
     gc.collect()
     replies = [o.outputs[0].text for o in outs]
-    readout = sum(r == ex.caption for r, ex in zip(replies, grid)) / len(grid)
-    assert readout == pytest.approx(read_manifest(path)["held_out"]["numberline_56"]["exact"], abs=1 / 30)
-    assert readout >= 0.9, replies
+    read = [r == ex.caption for r, ex in zip(replies, grid)]
+    readout = sum(read) / len(grid)
+    assert stamp["examples"] == 30 and readout == pytest.approx(stamp["exact"], abs=1 / 30), replies
+    assert 0 < readout < 1, replies  # hits and misses both
+    assert all(re.fullmatch(r"Target: \d, Current: \d", r) for r in replies), replies  # the caption format
     processor = AutoProcessor.from_pretrained(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
-    inputs = processor(text=[prompts[0]["prompt"]], images=[prompts[0]["multi_modal_data"]["image"]], return_tensors="pt")
-    hf = model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
-    assert list(outs[0].outputs[0].token_ids) == hf
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    tok = _tokenizer(TOKENIZER)
+    for p, o, ex, hit in zip(prompts, outs, grid, read):
+        inputs = processor(text=[p["prompt"]], images=[p["multi_modal_data"]["image"]], return_tensors="pt")
+        hf = model.generate(**inputs, max_new_tokens=16, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+        assert list(o.outputs[0].token_ids) == hf, ex.caption
+        # teacher forcing marks exactly the examples greedy decoding reads right
+        assert score(model, [encode(ex, processor, tok)], tok.pad_token_id).exact == float(hit), ex.caption
