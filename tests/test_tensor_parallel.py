@@ -154,11 +154,12 @@ def test_tp2_through_one_cpu_bundles(ray_cluster, models_dir) -> None:
         remove_placement_group(pg)  # kills the actors in it
 
 
-def tp1_greedy(model_dir: str) -> tuple[int, ...]:
-    """Greedy tokens of the one-shard engine, in an actor of its own."""
+def tp1_greedy(model_dir: str, tp1=None) -> tuple[int, ...]:
+    """Greedy tokens of the one-shard engine, in an actor of its own (``tp1``: one already started
+    by :func:`tp1_host`), which is killed after."""
     import ray
 
-    tp1 = host_actor().remote(model_dir, BASE.model_dump())
+    tp1 = tp1_host(model_dir) if tp1 is None else tp1
     try:
         assert ray.get(tp1.start_error.remote(), timeout=300) == ""
         return ray.get(tp1.greedy.remote(PROMPT), timeout=120)
@@ -166,29 +167,43 @@ def tp1_greedy(model_dir: str) -> tuple[int, ...]:
         ray.kill(tp1)
 
 
+def tp1_host(model_dir: str):
+    """A one-CPU actor starting the one-shard engine (outside any placement group)."""
+    return host_actor().remote(model_dir, BASE.model_dump())
+
+
 @pytest.mark.integration
 def test_tp2_on_cpu_through_worker_processes_equals_tp1(ray_cluster, models_dir) -> None:
+    import ray
+
+    model_dir = str(models_dir / TP_MODEL)
+    config = EngineConfig(kv_cache_gib=0.125, max_model_len=256, enable_lora=False, tensor_parallel_size=2,
+                          distributed_executor_backend="mp", omp_threads_bind="0|1", reserved_cpus=0)
+    tp1 = tp1_host(model_dir)  # the reference engine starts while the TP = 2 one does
+    try:
+        tp2_tokens = tp2_greedy_in_worker_processes(model_dir, config)
+        assert len(tp2_tokens) > 0
+        assert tp2_tokens == tp1_greedy(model_dir, tp1)
+    finally:
+        ray.kill(tp1)
+
+
+def tp2_greedy_in_worker_processes(model_dir: str, config: EngineConfig) -> tuple[int, ...]:
+    """Greedy tokens of the "mp" TP = 2 engine in bundle 0 of a two-bundle group (removed after)."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
     from cluster.placement import bundle_strategy
 
-    model_dir = str(models_dir / TP_MODEL)
-    config = EngineConfig(kv_cache_gib=0.125, max_model_len=256, enable_lora=False, tensor_parallel_size=2,
-                          distributed_executor_backend="mp", omp_threads_bind="0|1", reserved_cpus=0)
     pg = placement_group([{"CPU": 1.0}, {"CPU": 1.0}], strategy="STRICT_PACK")
     assert pg.wait(timeout_seconds=60)
     try:
-        host = host_actor().options(scheduling_strategy=bundle_strategy(pg, 0)) \
-            .remote(model_dir, config.model_dump())
+        host = host_actor().options(scheduling_strategy=bundle_strategy(pg, 0)).remote(model_dir, config.model_dump())
         assert ray.get(host.start_error.remote(), timeout=300) == ""
         assert ray.get(host.shards.remote()) == 2
-        tp2_tokens = ray.get(host.greedy.remote(PROMPT), timeout=120)
-        ray.kill(host)
+        return ray.get(host.greedy.remote(PROMPT), timeout=120)
     finally:
-        remove_placement_group(pg)
-    assert len(tp2_tokens) > 0
-    assert tp2_tokens == tp1_greedy(model_dir)
+        remove_placement_group(pg)  # kills the actors in it
 
 
 @pytest.mark.unit
