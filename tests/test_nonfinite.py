@@ -170,32 +170,41 @@ def config(zero_stage: int = 2):
 GOOD, BAD, NEXT = [1.0, 0.0, 0.0, 1.0], [math.inf, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]
 
 
+@pytest.fixture(scope="module")
+def world1():
+    """One single-rank LocalWorld (one spawned process) for this module's one-rank learners: several
+    learner groups share a world, each under its own key."""
+    from learner.local_world import LocalWorld
+
+    with LocalWorld(1) as world:
+        yield world
+
+
 @pytest.mark.integration
-def test_a_nonfinite_step_is_skipped_and_changes_nothing(models_dir):
-    from learner.local_world import LocalLearnerGroup, LocalWorld
+def test_a_nonfinite_step_is_skipped_and_changes_nothing(models_dir, world1):
+    from learner.local_world import LocalLearnerGroup
 
     model = str(models_dir / "tiny-text-lm")
-    with LocalWorld(1) as world:
-        a = LocalLearnerGroup(world, "a", config(), model)
-        first = a.train_step(batch(GOOD))
-        assert first.optim.skipped == 0 and not first.all_skipped
-        before = weights(a, 1)
-        bad = a.train_step(batch(BAD))
-        assert bad.optim.skipped == bad.optim.steps == 1 and bad.all_skipped
-        assert not math.isfinite(bad.loss.total) and math.isinf(bad.optim.grad_norm)
-        assert bad.lr == first.lr  # the LR schedule did not move
-        assert identical(weights(a, 2), before)  # bit-identical weights
-        after_a = a.train_step(batch(NEXT))
-        assert after_a.optim.skipped == 0
-        # a learner that never saw the bad batch: same optimizer state, schedule and reward
-        # normaliser, so the same update
-        b = LocalLearnerGroup(world, "b", config(), model)
-        b.train_step(batch(GOOD))
-        after_b = b.train_step(batch(NEXT))
-        assert identical(weights(a, 3), weights(b, 3)) and not identical(weights(a, 3), before)
-        assert after_a.lr == after_b.lr and after_a.loss.total == after_b.loss.total
-        a.shutdown()
-        b.shutdown()
+    a = LocalLearnerGroup(world1, "a", config(), model)
+    first = a.train_step(batch(GOOD))
+    assert first.optim.skipped == 0 and not first.all_skipped
+    before = weights(a, 1)
+    bad = a.train_step(batch(BAD))
+    assert bad.optim.skipped == bad.optim.steps == 1 and bad.all_skipped
+    assert not math.isfinite(bad.loss.total) and math.isinf(bad.optim.grad_norm)
+    assert bad.lr == first.lr  # the LR schedule did not move
+    assert identical(weights(a, 2), before)  # bit-identical weights
+    after_a = a.train_step(batch(NEXT))
+    assert after_a.optim.skipped == 0
+    # a learner that never saw the bad batch: same optimizer state, schedule and reward
+    # normaliser, so the same update
+    b = LocalLearnerGroup(world1, "b", config(), model)
+    b.train_step(batch(GOOD))
+    after_b = b.train_step(batch(NEXT))
+    assert identical(weights(a, 3), weights(b, 3)) and not identical(weights(a, 3), before)
+    assert after_a.lr == after_b.lr and after_a.loss.total == after_b.loss.total
+    a.shutdown()
+    b.shutdown()
 
 
 @pytest.mark.integration
@@ -214,23 +223,22 @@ def test_a_nan_on_one_rank_skips_the_step_on_both_zero3(models_dir):
 
 
 @pytest.mark.integration
-def test_an_sft_step_that_blows_up_is_skipped_after_it(models_dir):
+def test_an_sft_step_that_blows_up_is_skipped_after_it(models_dir, world1):
     """``sft.lr = 1e6``: the first step is finite but wrecks the adapter; the next one's gradient
     norm is infinite, so it is skipped, counted, and leaves the weights as they were."""
     from learner.config import LearnerConfig, SFTConfig
-    from learner.local_world import LocalLearnerGroup, LocalWorld
+    from learner.local_world import LocalLearnerGroup
     from learner.sft import SFTExample
 
     examples = [SFTExample((("user", "say yes"), ("assistant", "yes"))),
                 SFTExample((("user", "colour of the sky?"), ("assistant", "blue")))]
-    with LocalWorld(1) as world:
-        g = LocalLearnerGroup(world, "sft", LearnerConfig(sft=SFTConfig(lr=1e6)), str(models_dir / "tiny-text-lm"))
-        assert g.sft_step(examples).skipped == 0.0
-        before = weights(g, 1)
-        second = g.sft_step(examples)
-        assert second.skipped == 1.0 and not math.isfinite(second.grad_norm)
-        assert identical(weights(g, 2), before)
-        g.shutdown()
+    g = LocalLearnerGroup(world1, "sft", LearnerConfig(sft=SFTConfig(lr=1e6)), str(models_dir / "tiny-text-lm"))
+    assert g.sft_step(examples).skipped == 0.0
+    before = weights(g, 1)
+    second = g.sft_step(examples)
+    assert second.skipped == 1.0 and not math.isfinite(second.grad_norm)
+    assert identical(weights(g, 2), before)
+    g.shutdown()
 
 
 @pytest.mark.unit
