@@ -132,7 +132,9 @@ def test_vllm_serves_it_and_reads_numberline(tmp_path, monkeypatch):
     """vLLM serves a pretrained build: on every NumberLine observation at 56 px (the numberline_ppo
     size) its greedy tokens are transformers' greedy tokens, and its read-out (replies exactly the
     caption) is the one the build's stamp records, example by example as the teacher-forced check
-    scores them. The build is the PARTIAL budget. The full 800-step build's
+    scores them. The build is a 150-step budget (about a minute): it has learned the caption's
+    format, not yet to read (it gives one reply, right for 1 of the 30 states), so this checks
+    serving and scoring, not reading. The full 800-step build's
     read-out (100% at 56 px, 252 s on the 2-core machine) is a property of that build, measured by
     its own stamp (``pretrain.json`` / ``manifest.json`` ``held_out.numberline_56.exact``, printed by
     ``python -m deploy.offline_models build --only tiny-qwen2-vl-pt``) and by the learning
