@@ -13,10 +13,22 @@ met the previous one (its event line), so every death is its own restart. A sync
 caught executing within 3 steps is replaced by a kill while the learner trains (the next call the
 driver makes to that worker is then that update's sync: the driver still meets it in a sync).
 
-Hand-worked expectations: 20 steps x 4 tasks x group 2 = 160 episodes in the final history, each
-counted once (produced = trained + dropped); 3 worker restarts; 1 learner restart, rewound to a
-checkpoint C (one at step 0, then every 5 steps), R steps replayed (from the driver's own event);
-the adapter reaches v(1 + 20 + 1 + R) and every version 1..final is proven on both workers.
+After each kill the script waits for the driver to meet it, then for the process Ray started in
+the victim's place (a new rollout worker, or the new learner group's rank).
+
+Hand-worked expectations: 20 steps x 4 tasks x group 2 = 160 episodes in the final history, 8 per
+step, each counted once (produced = trained + dropped; one metrics row per step, the replayed
+steps' rows replacing the first ones); the evaluation after RL still has its 4 episodes; 3 worker
+restarts, each counted once however many calls met it (a rollout or evaluation death re-runs its
+shard: retried shards = rollout re-runs + 1 evaluation re-run); 1 learner restart (the group
+started twice), rewound to a checkpoint C (one at step 0, then every 5 steps: checkpoints 0, 5, 10,
+15, 20), R steps replayed (from the driver's own event line; C + R is the step the learner died in,
+or whose checkpoint it died writing); the adapter reaches v(1 + 20 + 1 + R): v1 at start-up, one
+per step run, one republish of the checkpoint's adapter (a worker's death republishes the same
+version). Every version 1..final is proven on both workers exactly once, in order; the only other
+sync reports are one per worker death, on one worker: the catch-up of a restarted worker to the
+latest version (after a rollout or evaluation death), or vK on 1 of 2 workers when the sync of vK
+met the death (then vK again, on both, once the worker is back).
 """
 
 import json
@@ -32,7 +44,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from test_e2e_faults import ROOT, WORKER, logged_steps, run_under, sync_rows, titles
+from fault_harness import RANK, WORKER, events, logged_steps, replay_of, run_under, sync_rows, titles
 
 pytestmark = pytest.mark.e2e
 
@@ -42,8 +54,6 @@ RECIPE = (f"train.steps={STEPS}", f"data.tasks_per_step={TASKS}", f"rollout.grou
           "data.eval_size=4", "train.sft.steps=0", "output.transcripts_per_step=0", "name=chaos",
           "cluster.rollout_workers=2", "cluster.rollout_cpus=0.5", "train.mode=async", "train.max_staleness=1",
           f"train.checkpoint_every={EVERY}", "rollout.single_turn.policy.sampling.max_tokens=8")
-RANK = "ray::RankActor"
-RESTART = re.compile(r"\[duet\] learner restart 1: back at step (\d+), running the (\d+) step\(s\)")
 MID_RUN = ("rollout", "sync", "learner")
 
 
@@ -77,6 +87,11 @@ class Kill:
     armed_at: int
     pid: int
     steps_logged: list[int]
+    """Steps in metrics.parquet at the kill."""
+    before: set[int]
+    """The processes of the victim's kind (rollout workers, or learner ranks) at the kill."""
+    replacement: int | None = None
+    """The new process Ray started for it."""
 
 
 class Chaos(threading.Thread):
@@ -112,6 +127,15 @@ class Chaos(threading.Thread):
                 self.wait_for(lambda: self.out().count("[duet] learner restart") > restarts)
             else:  # met: the driver logged the worker's death
                 self.wait_for(lambda: self.out().count("[duet] rollout worker") > deaths)
+            self.await_replacement(kill)
+
+    def await_replacement(self, kill: Kill) -> None:
+        """Record the process Ray started in the victim's place (one of its kind not there at the kill)."""
+        kind = RANK if kill.what == "learner" else WORKER
+        while self.alive() and kill.replacement is None:
+            new = {p for p, t in titles(self.proc.pid).items() if t.startswith(kind)} - kill.before
+            kill.replacement = min(new) if new else None
+            time.sleep(0.1)
 
     def strike(self, what: str, step: int) -> Kill | None:
         """Kill the first process found executing ``what`` (see the module doc for the sync fallback)."""
@@ -130,7 +154,8 @@ class Chaos(threading.Thread):
             if victim is not None:
                 steps = logged_steps(self.run_dir)
                 psutil.Process(victim).kill()
-                return Kill(what, step, victim, steps)
+                kind = RANK if what == "learner" else WORKER
+                return Kill(what, step, victim, steps, {p for p, t in now.items() if t.startswith(kind)})
             time.sleep(0.005)
         return None
 
@@ -146,45 +171,81 @@ def chaos_run(tmp_path_factory, models_dir):
     return run_dir, out, chaos
 
 
-def replay_of(out: str) -> tuple[int, int]:
-    """(checkpoint step rewound to, steps replayed) of the run's one learner restart."""
-    [(back, replayed)] = [tuple(map(int, m)) for m in RESTART.findall(out)]
-    return back, replayed
-
-
 def test_every_planned_kill_happened(chaos_run):
-    _, out, chaos = chaos_run
+    run_dir, out, chaos = chaos_run
     assert [k.what if k.what != "update" else "sync" for k in chaos.kills] == [w for w, _ in chaos.plan], out[-3000:]
     assert len({k.pid for k in chaos.kills}) == 4
+    for k in chaos.kills[:3]:  # mid-run: after the step it was armed at, before the last
+        assert 0 in k.steps_logged and k.armed_at in k.steps_logged and max(k.steps_logged) < STEPS - 1
     assert chaos.kills[-1].steps_logged == list(range(STEPS))  # the evaluation after RL
-    assert sum(1 for ln in out.splitlines() if "died during evaluate" in ln) == 1
-    assert any("died during the sync of policy v" in ln for ln in out.splitlines())
-    assert any("died during rollout" in ln for ln in out.splitlines())
+    for k in chaos.kills:  # Ray started a new process in each victim's place
+        assert k.pid in k.before and k.replacement is not None and k.replacement not in k.before
+    reruns = events(out, "died during rollout; waiting for its restart and re-running its shard")
+    resyncs = events(out, "died during the sync of policy v")
+    reevals = events(out, "died during evaluate; waiting for its restart and re-running its shard")
+    # the rollout kill always fails a rollout call, the sync kill always a sync; each may also meet the other
+    assert 1 <= len(reruns) <= 2 and 1 <= len(resyncs) <= 2, out[-4000:]
+    assert len(reevals) == 1, out[-4000:]
+    c = json.loads((run_dir / "summary.json").read_text())["counters"]
+    assert c["retried_shards"] == len(reruns) + len(reevals)
+    assert c["worker_restarts"] == 3  # three worker processes died, each counted once
+
+
+def test_the_learner_rank_was_replaced_and_the_run_replayed_exactly(chaos_run):
+    run_dir, out, chaos = chaos_run
+    [learner] = [k for k in chaos.kills if k.what == "learner"]
+    assert len(re.findall(r"\[duet\] learner policy: 1 rank\(s\)", out)) == 2  # started, then again
+    assert "[duet] learner policy died: " in out
+    back, replayed = replay_of(out)
+    reached = back + replayed  # the step the learner died in (or whose checkpoint it died writing)
+    assert back % EVERY == 0 and reached in (len(learner.steps_logged), len(learner.steps_logged) + 1)
+    c = json.loads((run_dir / "summary.json").read_text())["counters"]
+    assert (c["learner_restarts"], c["steps_replayed"]) == (1, replayed)
+    rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    faults = {r["name"]: r["value"] for r in rows if r["scope"] == "faults"}
+    assert faults == {"learner_restarts": 1.0, "steps_replayed": float(replayed)}
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["LATEST", "step_000000", "step_000005", "step_000010", "step_000015", "step_000020"]
 
 
 def test_the_counts_are_exact_after_every_fault(chaos_run):
     run_dir, out, _ = chaos_run
-    back, replayed = replay_of(out)
     summary = json.loads((run_dir / "summary.json").read_text())
     c = summary["counters"]
-    assert summary["completed"] is True and back % EVERY == 0
-    assert c["produced"] == c["trained"] + c["dropped_stale"] == STEPS * TASKS * GROUP
-    assert (c["worker_restarts"], c["learner_restarts"], c["steps_replayed"]) == (3, 1, replayed)
-    assert c["retried_shards"] >= 2  # the rollout kill's shard and the evaluation's
+    assert summary["completed"] is True
+    assert c["produced"] == c["trained"] + c["dropped_stale"] == STEPS * TASKS * GROUP == 160
+    assert (c["worker_restarts"], c["learner_restarts"], c["steps_replayed"]) == (3, 1, replay_of(out)[1])
     rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     episodes = [(r["step"], r["value"]) for r in rows if r["scope"] == "rollout" and r["name"] == "episodes"]
-    assert episodes == [(s, 8.0) for s in range(STEPS)]  # each step once, every episode of it
-    assert summary["eval"]["after_rl"]["episodes"] == 4.0
+    # each step once, every episode of it (a re-run shard's step too; the replayed steps' rows replace the first ones)
+    assert episodes == [(s, 8.0) for s in range(STEPS)]
+    assert summary["eval"]["after_rl"]["episodes"] == 4.0  # so does the evaluation
 
 
 def test_every_version_is_proven_on_every_worker(chaos_run):
     run_dir, out, _ = chaos_run
-    _, replayed = replay_of(out)
-    final = 1 + STEPS + 1 + replayed
+    final = 1 + STEPS + 1 + replay_of(out)[1]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["versions"] == {"policy": final}
     assert summary["served"] == {"rollout-0": {"policy": final}, "rollout-1": {"policy": final}}
-    pairs = sync_rows(pq.read_table(run_dir / "metrics.parquet").to_pylist())
+    rows = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    deaths = 0
+    for i, r in enumerate(rows):
+        if r["scope"] != "event" or " died during " not in r["name"] or "rollout worker" not in r["name"]:
+            continue
+        deaths += 1
+        before, after = sync_rows(rows[:i]), sync_rows(rows[i:])
+        if "during rollout" in r["name"] or "during evaluate" in r["name"]:
+            # catch-up of that one worker to the latest version published so far (not v1)
+            assert after[0] == (before[-1][0], 1.0) and before[-1][0] >= 2
+        else:
+            # the publish of vK reached 1 of 2 workers; vK again once the worker is back: both
+            k = float(r["name"].split(" of policy v")[1].split(";")[0])
+            assert before[-1] == (k, 1.0) and after[0] == (k, 2.0)
+    pairs = sync_rows(rows)
     versions = [v for v, _ in pairs]
-    assert versions == sorted(versions)
-    assert {v for v, n in pairs if n == 2.0} == set(map(float, range(1, final + 1)))
+    assert versions == sorted(versions) and versions[-1] == final
+    # every version v1..final (the republished checkpoint's included) proven on both workers once, in
+    # order; besides, one report on one worker per worker death (its catch-up, or the sync that met it)
+    assert [p for p in pairs if p[1] == 2.0] == [(float(v), 2.0) for v in range(1, final + 1)]
+    assert sorted(n for _, n in pairs) == [1.0] * deaths + [2.0] * final
