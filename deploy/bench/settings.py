@@ -62,7 +62,7 @@ class E2ESettings:
     warmup_steps: int = 2
     """Steps run first and left out of every figure (first requests, allocator, caches)."""
     steps: int = 5
-    """Measured steps per repetition (5 x 3 repetitions: the suite stays under 25 minutes)."""
+    """Measured steps per repetition (5 x 3 repetitions; the whole suite took 2704 s on 2 cores)."""
     repetitions: int = 3
     """Interleaved repetitions (duet-rl, TRL, duet-rl, TRL, ...); each gives one ratio."""
     trl_threads: tuple[int, ...] = (1, 2)
@@ -124,8 +124,8 @@ class OverlapSettings:
 TEXT_E2E = E2ESettings(model=TEXT_MODEL, label="SmolLM2-135M", tasks_per_step=2, group_size=4, warmup_steps=1,
                        steps=1, trl_threads=(2,))
 """8 samples per step, one warm-up and one measured step per repetition: a TRL step on 135M
-parameters took 18 s at 2 samples on a loaded machine here (tens of seconds at 8), and the suite
-must finish in 25 minutes on 2 cores; raise ``steps`` where time allows. TRL on 2 threads only: on
+parameters took 18 s at 2 samples on a loaded machine here (70-74 s at 8 with gradient
+checkpointing on), and the whole suite already takes about 45 minutes on 2 cores; raise ``steps`` where time allows. TRL on 2 threads only: on
 a compute-bound model 1 thread is the slower choice (measure it with ``trl_threads=(1, 2)``)."""
 
 
