@@ -166,7 +166,6 @@ def test_vllm_serves_it_and_reads_numberline(tmp_path, monkeypatch):
     read = [r == ex.caption for r, ex in zip(replies, grid)]
     readout = sum(read) / len(grid)
     assert stamp["examples"] == 30 and readout == pytest.approx(stamp["exact"], abs=1 / 30), replies
-    assert 0 < readout < 1, replies  # hits and misses both
     assert all(re.fullmatch(r"Target: \d, Current: \d", r) for r in replies), replies  # the caption format
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()

@@ -69,8 +69,9 @@ def dataset(tasks: list[Any], system_prompt: str) -> Any:
 def grpo_config(e2e: E2ESettings, out_dir: Path) -> Any:
     """TRL's config for the shared work. ``gradient_checkpointing=False``: TRL's GRPOConfig turns it
     on by default (memory), which recomputes the forward in every backward; duet-rl's learner does not
-    checkpoint (``learner.config`` default), so TRL would do more work per step (measured here: 2.47 s
-    -> 2.0 s per tiny-VLM step on 2 threads)."""
+    checkpoint (``learner.config`` default), so TRL would do more work per step (single runs on 2 threads,
+    not paired: 2.25-2.61 s per tiny-VLM step with it, 1.86-2.29 s without at the same load ~2,
+    1.50-1.69 s without at load ~1)."""
     from trl import GRPOConfig
 
     return GRPOConfig(
