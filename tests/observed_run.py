@@ -19,14 +19,9 @@ step (the later batches are all stale), where the piped step lines are those of 
 from __future__ import annotations
 
 import codecs
-import fcntl
 import os
-import pty
-import select
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from prometheus_poll import Poller
-from test_console import plain
+from test_console import open_pty, plain, pty_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACKERS = 'output.loggers=["console","tensorboard","wandb","mlflow"]'
@@ -124,17 +119,7 @@ def http_status(url: str) -> int:
 def _read_terminal(master: int, proc: subprocess.Popen, run: TerminalRun, deadline: float) -> None:
     """Read the terminal until the process has closed it (or exited and gone quiet), line by line."""
     decoder, chunks, pending = codecs.getincrementaldecoder("utf-8")(errors="replace"), [], ""
-    while time.monotonic() < deadline:
-        if not select.select([master], [], [], 0.5)[0]:
-            if proc.poll() is not None:
-                break
-            continue
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
+    for data in pty_chunks(master, proc, deadline):
         text = decoder.decode(data)
         chunks.append(text)
         *done, pending = (pending + text).split("\n")
@@ -146,13 +131,8 @@ def _read_terminal(master: int, proc: subprocess.Popen, run: TerminalRun, deadli
 
 
 def _run_on_terminal(run_dir: Path, models_dir: Path) -> TerminalRun:
-    """The terminal run on a new pseudo-terminal of 160 columns (as test_console.run_in_pty)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
-    env = {**os.environ, "TERM": "xterm-256color", "DUET_MODELS": str(models_dir)}
-    proc = subprocess.Popen(train_argv(run_dir, *TERMINAL_SETS), stdin=slave, stdout=slave, stderr=slave,
-                            cwd=ROOT, env=env, close_fds=True)
-    os.close(slave)
+    """The terminal run on a new pseudo-terminal of 160 columns (test_console.open_pty)."""
+    master, proc = open_pty(train_argv(run_dir, *TERMINAL_SETS), {"DUET_MODELS": str(models_dir)})
     run = TerminalRun(run_dir, lines=[])
     try:
         _read_terminal(master, proc, run, time.monotonic() + TIMEOUT_S)

@@ -15,6 +15,7 @@ import sys
 import termios
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -26,33 +27,46 @@ ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
-def run_in_pty(argv: list[str], timeout: float, env: dict | None = None) -> tuple[int, str]:
-    """Run ``argv`` with stdin, stdout and stderr on a new pseudo-terminal (160 columns); returns
-    (exit status, everything it wrote, decoded)."""
+def open_pty(argv: list[str], env: dict | None = None) -> tuple[int, subprocess.Popen]:
+    """``argv`` started with stdin, stdout and stderr on a new pseudo-terminal (160 columns,
+    ``TERM=xterm-256color``, ``env`` added to the environment); returns (the terminal's master fd,
+    the process)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT,
                             env={**os.environ, "TERM": "xterm-256color", **(env or {})}, close_fds=True)
     os.close(slave)
-    chunks, deadline = [], time.monotonic() + timeout
+    return master, proc
+
+
+def pty_chunks(master: int, proc: subprocess.Popen, deadline: float) -> Iterator[bytes]:
+    """What ``proc`` writes to the terminal, chunk by chunk, until it closes the terminal (or has
+    exited and gone quiet) or ``deadline`` (``time.monotonic()``) passes."""
+    while time.monotonic() < deadline:
+        if not select.select([master], [], [], 0.5)[0]:
+            if proc.poll() is not None:
+                return
+            continue
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            return
+        if not data:
+            return
+        yield data
+
+
+def run_in_pty(argv: list[str], timeout: float, env: dict | None = None) -> tuple[int, str]:
+    """Run ``argv`` on a new pseudo-terminal (:func:`open_pty`); returns (exit status, everything it
+    wrote, decoded)."""
+    master, proc = open_pty(argv, env)
     try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
+        raw = b"".join(pty_chunks(master, proc, time.monotonic() + timeout))
     finally:
         os.close(master)
         if proc.poll() is None:
             proc.kill()
-    return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
+    return proc.wait(timeout=30), raw.decode(errors="replace")
 
 
 def plain(text: str) -> str:
